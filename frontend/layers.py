@@ -1,0 +1,85 @@
+"""Per-layer analysis of the layers that carry weights (MatMul, Gemm, Conv): weight shape,
+weight sparsity (fraction of exact zeros) and multiply-accumulates, as `sparsec inspect` shows."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .loader import LoadedModel
+
+WEIGHTED_OPS = ("MatMul", "Gemm", "Conv")
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str
+    op: str
+    weight: str
+    weight_shape: tuple[int, ...]
+    sparsity: float
+    macs: int | None
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["weight_shape"] = list(self.weight_shape)
+        return data
+
+
+def weighted_layers(loaded: LoadedModel) -> list[LayerInfo]:
+    initializers = loaded.initializers()
+    shapes = _value_shapes(loaded.model)
+    layers = []
+    for index, node in enumerate(loaded.graph.node):
+        if node.op_type not in WEIGHTED_OPS:
+            continue
+        weight_name = _weight_input(node, initializers)
+        if weight_name is None:
+            continue
+        weight = numpy_helper.to_array(initializers[weight_name])
+        out_shape = shapes.get(node.output[0])
+        layers.append(
+            LayerInfo(
+                name=node.name or f"{node.op_type}_{index}",
+                op=node.op_type,
+                weight=weight_name,
+                weight_shape=tuple(weight.shape),
+                sparsity=float(np.count_nonzero(weight == 0) / weight.size) if weight.size else 0.0,
+                macs=_macs(node, weight.shape, out_shape),
+            )
+        )
+    return layers
+
+
+def _weight_input(node: onnx.NodeProto, initializers: dict) -> str | None:
+    """The initializer the layer multiplies by (either side of a MatMul)."""
+    candidates = node.input[1:2] if node.op_type != "MatMul" else node.input[1::-1]
+    for name in candidates:
+        if name in initializers and len(initializers[name].dims) >= 2:
+            return name
+    return None
+
+
+def _value_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for value in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input):
+        dims = value.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[value.name] = tuple(d.dim_value for d in dims)
+    return shapes
+
+
+def _macs(node: onnx.NodeProto, weight_shape: tuple[int, ...], out_shape: tuple[int, ...] | None) -> int | None:
+    if out_shape is None:
+        return None
+    outputs = math.prod(out_shape)
+    if node.op_type == "Conv":
+        return outputs * math.prod(weight_shape[1:])  # (Cin / group) * kH * kW per output
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return outputs * (weight_shape[1] if trans_b else weight_shape[0])
+    return outputs * weight_shape[0]  # MatMul x @ W: reduction over W's rows

@@ -1,0 +1,105 @@
+"""fp32 matmul family: dense layers (constant weights, after FoldConstant stored [K, N]) and
+batched matmuls (attention), each with its fused element-wise epilogue.
+
+The schedule is a register-blocked micro-kernel: an MR x NR output tile stays in vector
+registers while the reduction loop streams one row of A (broadcast) and one NR-wide row of B
+(vector loads) per step. Output tiles are walked column-panel first so the K x NR panel of B
+stays in L2 across all row tiles, and the tiles are shared out over the thread pool. The
+epilogue (bias, activation, residual) runs on each tile right after it is computed, while it is
+still in registers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.target import Target
+
+from .common import (
+    MAX_REGISTER_TILE_BYTES,
+    block_iter_kinds,
+    find_mac_block,
+    inline_epilogue,
+    loop_extent,
+    vector_lanes,
+    vectorize_innermost,
+)
+
+# Zen 4 and Intel cores retire two FMAs a cycle with a 4-cycle latency: at least 8 independent
+# accumulators hide it; more than ~16 spill the 32 vector registers.
+MIN_ACCUMULATORS = 8
+MAX_ACCUMULATORS = 16
+ROW_TILE_CANDIDATES = (4, 8, 2, 6, 3, 1)
+
+
+@dataclass(frozen=True)
+class MatmulTile:
+    rows: int  # MR
+    vectors: int  # NR / lanes
+    lanes: int
+
+    @property
+    def cols(self) -> int:
+        return self.vectors * self.lanes
+
+
+def choose_tile(m: int, n: int, lanes: int, dtype_bytes: int = 4) -> MatmulTile:
+    """The largest register tile that divides the output (so no predicate lands in the
+    micro-kernel) and fits the register file."""
+    best = None
+    for rows in ROW_TILE_CANDIDATES:
+        if m % rows:
+            continue
+        for vectors in range(MAX_ACCUMULATORS // rows, 0, -1):
+            cols = vectors * lanes
+            if n % cols or rows * cols * dtype_bytes > MAX_REGISTER_TILE_BYTES:
+                continue
+            score = (min(rows * vectors, MIN_ACCUMULATORS * 2), rows * vectors)
+            if best is None or score > best[0]:
+                best = (score, MatmulTile(rows, vectors, lanes))
+            break
+    if best is not None:
+        return best[1]
+    # N is not a multiple of the vector width: one vector-wide column tile, tail predicated.
+    rows = next(r for r in ROW_TILE_CANDIDATES if m % r == 0)
+    return MatmulTile(rows, 1, min(lanes, n))
+
+
+def find_matmul_block(sch: s_tir.Schedule) -> s_tir.schedule.SBlockRV | None:
+    """The function's multiply-accumulate block, if it has matmul iterators: [batch..., i, j, k]."""
+    block = find_mac_block(sch)
+    if block is None:
+        return None
+    kinds = block_iter_kinds(sch, block)
+    return block if kinds.count("R") == 1 and kinds.endswith("R") and kinds.count("S") >= 2 else None
+
+
+class F32Matmul(ScheduleRule):
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
+        sch = s_tir.Schedule(func)
+        matmul = find_matmul_block(sch)
+        if matmul is None or sch.get(matmul).body.buffer.dtype != "float32":
+            return None
+        epilogue = inline_epilogue(sch, matmul)
+        if epilogue is False:
+            return None
+        *batch, i, j, k = sch.get_loops(matmul)
+        m, n = loop_extent(sch, i), loop_extent(sch, j)
+        if m is None or n is None:
+            return None
+        tile = choose_tile(m, n, vector_lanes(target))
+        io, ii = sch.split(i, [None, tile.rows])
+        jo, jv, jl = sch.split(j, [None, tile.vectors, tile.lanes])
+        sch.reorder(*batch, jo, io, k, ii, jv, jl)
+        if epilogue is not None:
+            sch.reverse_compute_at(epilogue, io)
+            vectorize_innermost(sch, epilogue, tile.lanes)
+        sch.parallel(sch.fuse(*batch, jo, io))
+        sch.vectorize(jl)
+        sch.unroll(jv)
+        sch.unroll(ii)
+        init = sch.decompose_reduction(matmul, k)
+        vectorize_innermost(sch, init, tile.lanes)
+        return sch

@@ -1,0 +1,137 @@
+"""The `sparsec` command line: compile, inspect, run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from sparsec.errors import SparsecError
+
+TARGET_HELP = (
+    "CPU to compile for: 'llvm -mcpu=NAME [-mattr=+feat,...] [-num-cores=N]' "
+    "(e.g. skylake-avx512, cascadelake, sapphirerapids, znver4) or 'native' for this host."
+)
+INPUT_SHAPE_HELP = "Fix an input's dynamic dimensions: NAME=DIMxDIM..., e.g. input_ids=1x128. Repeatable."
+
+
+class SparsecCommand(click.Group):
+    """Turns user errors into one line on stderr and exit code 2, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SparsecError as err:
+            click.echo(f"error: {err}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=SparsecCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sparsec")
+def main():
+    """sparsec: compile pruned and quantized ONNX models into fast CPU code.
+
+    \b
+    sparsec inspect model.onnx                  per-layer weights, sparsity, MACs
+    sparsec compile model.onnx -o model.so      compile to one self-contained .so
+    sparsec run model.so --input x=x.npy        run it (numpy + TVM runtime only)
+    """
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Where to write the .so (default: MODEL with .so).")
+@click.option("--target", default="native", show_default=True, help=TARGET_HELP)
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help=INPUT_SHAPE_HELP)
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+def compile(model: Path, output: Path | None, target: str, input_shapes: tuple[str, ...], quiet: bool):  # noqa: A001
+    """Compile an ONNX MODEL into a shared library.
+
+    The artifact holds the weights and its input/output metadata; `sparsec run` or
+    `sparsec.runtime.load()` executes it without TVM's compiler. The file is written
+    atomically: a failed or interrupted compile leaves nothing behind.
+    """
+    from sparsec.driver import compile_model
+
+    output = output or model.with_suffix(".so")
+    progress = None if quiet else (lambda line: click.echo(line, err=True))
+    result = compile_model(model, output, target=target, input_shapes=list(input_shapes), progress=progress)
+    if not quiet:
+        size_mb = result.output.stat().st_size / 1e6
+        click.echo(f"wrote {result.output} ({size_mb:.1f} MB) for {result.target.describe()} in {result.seconds:.1f}s", err=True)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help=INPUT_SHAPE_HELP + " MACs need static shapes.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def inspect(model: Path, input_shapes: tuple[str, ...], as_json: bool):
+    """Show the weighted layers of an ONNX MODEL: op, weight shape, sparsity (fraction of exact
+    zeros) and multiply-accumulates."""
+    import sparsec
+
+    layers = sparsec.inspect(model, list(input_shapes))
+    if as_json:
+        click.echo(json.dumps({"model": str(model), "layers": [layer.to_json() for layer in layers]}, indent=2))
+        return
+    click.echo(_layer_table(layers))
+
+
+def _layer_table(layers) -> str:
+    header = ("layer", "op", "weight shape", "sparsity", "MMACs")
+    rows = [
+        (
+            layer.name,
+            layer.op,
+            "x".join(str(d) for d in layer.weight_shape),
+            f"{layer.sparsity:.1%}",
+            "?" if layer.macs is None else f"{layer.macs / 1e6:.2f}",
+        )
+        for layer in layers
+    ]
+    total_macs = sum(layer.macs or 0 for layer in layers)
+    footer = f"{len(layers)} weighted layers, {total_macs / 1e6:.1f} MMACs"
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    return "\n".join([*lines, footer])
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--input", "inputs", multiple=True, metavar="NAME=FILE.npy", help="An input from a .npy file. Repeatable.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write all outputs to this .npz (else print them).")
+@click.option("--threads", type=click.IntRange(min=1), help="Worker threads (default: the usable cores).")
+def run(artifact: Path, inputs: tuple[str, ...], output: Path | None, threads: int | None):
+    """Run a compiled ARTIFACT on inputs from .npy files."""
+    import numpy as np
+
+    from sparsec.runtime import load
+
+    model = load(artifact, num_threads=threads)
+    feeds = dict(_read_input(spec) for spec in inputs)
+    results = model.run(None, feeds)
+    if output is not None:
+        np.savez(output, **{info.name: value for info, value in zip(model.outputs, results)})
+        click.echo(f"wrote {len(results)} output(s) to {output}", err=True)
+        return
+    with np.printoptions(threshold=20, edgeitems=3, precision=5):
+        for info, value in zip(model.outputs, results):
+            click.echo(f"{info.name}: {value.dtype} {tuple(value.shape)}\n{value}")
+
+
+def _read_input(spec: str):
+    import numpy as np
+
+    name, sep, file = spec.partition("=")
+    if not sep or not name or not file:
+        raise SparsecError(f"--input {spec!r}: expected NAME=FILE.npy")
+    try:
+        return name, np.load(file, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise SparsecError(f"--input {spec}: cannot read {file}: {err}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
