@@ -9,7 +9,7 @@ import numpy as np
 from sparsec.errors import ArtifactError, FeedError
 
 from .metadata import METADATA_FUNCTION, ArtifactMetadata, TensorInfo
-from .tvm_runtime import default_num_threads, ensure_runtime_loaded
+from .tvm_runtime import ensure_runtime_loaded
 
 # TVM's kernels assume 64-byte-aligned buffers and use aligned vector loads on them: a feed that
 # is not aligned (numpy only guarantees 16 bytes) is copied, or the kernel faults.
@@ -24,7 +24,7 @@ class CompiledModel:
         self.path = Path(path)
         if not self.path.is_file():
             raise ArtifactError(f"{self.path}: no such file")
-        self.num_threads = ensure_runtime_loaded(num_threads or default_num_threads())
+        self.num_threads = ensure_runtime_loaded(num_threads)
         import tvm_ffi
 
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -34,14 +35,23 @@ def runtime_library_path() -> Path:
     raise ImportError("libtvm_runtime.so not found in the apache-tvm package")
 
 
-@lru_cache(maxsize=1)
-def ensure_runtime_loaded(num_threads: int) -> int:
-    """Load libtvm_runtime once per process; returns the thread count the pool will use.
+def ensure_runtime_loaded(num_threads: int | None = None) -> int:
+    """Load libtvm_runtime once per process; returns the thread count the pool uses.
 
     TVM reads TVM_NUM_THREADS when its pool starts and otherwise assumes hyper-threading and
     halves the cores (one thread on a 2-vCPU machine), so it is set here unless the user has.
+    The pool, and so the thread count, is per process: the first load decides it.
     """
-    os.environ.setdefault("TVM_NUM_THREADS", str(num_threads))
+    os.environ.setdefault("TVM_NUM_THREADS", str(num_threads or default_num_threads()))
+    active = int(os.environ["TVM_NUM_THREADS"])
+    if num_threads is not None and active != num_threads:
+        warnings.warn(f"TVM's thread pool runs {active} threads in this process; {num_threads} requested", stacklevel=3)
+    _load_runtime_library()
+    return active
+
+
+@lru_cache(maxsize=1)
+def _load_runtime_library() -> None:
     import tvm_ffi  # noqa: F401 - loads libtvm_ffi, which libtvm_runtime links against
 
     runtime = ctypes.CDLL(str(runtime_library_path()), ctypes.RTLD_GLOBAL)
@@ -50,7 +60,6 @@ def ensure_runtime_loaded(num_threads: int) -> int:
     for name in _BACKEND_CONTEXT_SYMBOLS:
         address = ctypes.cast(getattr(runtime, name), ctypes.c_void_p).value
         register(f"__{name}".encode(), address)
-    return int(os.environ["TVM_NUM_THREADS"])
 
 
 def default_num_threads() -> int:

@@ -3,17 +3,21 @@ one .so with its metadata, written atomically."""
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sparsec.frontend import load_model
-from sparsec.frontend.loader import parse_input_shapes
-from sparsec.target import TargetSpec, parse_target
+import tvm
+from tvm import relax
 
-log = logging.getLogger(__name__)
+from sparsec.frontend import import_to_relax, load_model
+from sparsec.frontend.loader import parse_input_shapes
+from sparsec.passes import optimization_pipeline
+from sparsec.runtime.export import attach_metadata, export_atomically
+from sparsec.runtime.metadata import ArtifactMetadata, TensorInfo
+from sparsec.schedules import SCHEDULE_RULE_ATTR
+from sparsec.target import TargetSpec, parse_target
 
 
 @dataclass
@@ -37,34 +41,21 @@ def compile_model(
     spec = target if isinstance(target, TargetSpec) else parse_target(target)
     say(f"loading {model}")
     loaded = load_model(model, parse_input_shapes(input_shapes))
-
-    import tvm
-
-    from sparsec.frontend import import_to_relax
-    from sparsec.passes import optimization_pipeline
-    from sparsec.runtime.export import attach_metadata, export_atomically
-    from sparsec.runtime.metadata import ArtifactMetadata, TensorInfo
-    from sparsec.schedules import SCHEDULE_RULE_ATTR
-
     say("importing to Relax")
     mod = import_to_relax(loaded)
     tvm_target = spec.to_tvm()
     say(f"optimizing and scheduling for {spec.describe()}")
     with tvm_target:
         mod = optimization_pipeline(tvm_target)(mod)
-    outputs = _output_infos(mod, loaded, TensorInfo)
     metadata = ArtifactMetadata(
         inputs=tuple(TensorInfo(s.name, s.shape, s.dtype) for s in loaded.inputs),
-        outputs=outputs,
+        outputs=_output_infos(mod, [o.name for o in loaded.graph.output]),
         target=spec.as_dict(),
         source=Path(model).name,
     )
     mod = attach_metadata(mod, metadata)
-    schedules = {
-        gv.name_hint: str(func.attrs[SCHEDULE_RULE_ATTR])
-        for gv, func in mod.functions_items()
-        if isinstance(func, tvm.tirx.PrimFunc) and func.attrs and SCHEDULE_RULE_ATTR in func.attrs
-    }
+    schedules = _schedule_rules(mod)
+    say(f"scheduled {len(schedules)} kernels: {_count_by_rule(schedules)}")
     say("generating code")
     executable = tvm.compile(mod, tvm_target)
     say(f"writing {output}")
@@ -72,17 +63,26 @@ def compile_model(
     return CompileResult(Path(output), spec, time.perf_counter() - started, schedules)
 
 
-def _output_infos(mod, loaded, tensor_info) -> tuple:
-    from tvm import relax
-
+def _output_infos(mod: tvm.IRModule, names: list[str]) -> tuple[TensorInfo, ...]:
     ret = mod["main"].ret_ty
     types = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
-    names = [o.name for o in loaded.graph.output]
-    infos = []
-    for name, ty in zip(names, types):
-        shape = tuple(int(d) for d in ty.shape.values)
-        infos.append(tensor_info(name, shape, str(ty.dtype)))
-    return tuple(infos)
+    return tuple(TensorInfo(name, tuple(int(d) for d in ty.shape.values), str(ty.dtype)) for name, ty in zip(names, types))
+
+
+def _schedule_rules(mod: tvm.IRModule) -> dict[str, str]:
+    """Kernel name -> the schedule rule that shaped it ("none": left serial)."""
+    return {
+        gv.name_hint: str(func.attrs[SCHEDULE_RULE_ATTR]) if SCHEDULE_RULE_ATTR in func.attrs else "none"
+        for gv, func in mod.functions_items()
+        if isinstance(func, tvm.tirx.PrimFunc)
+    }
+
+
+def _count_by_rule(schedules: dict[str, str]) -> str:
+    counts: dict[str, int] = {}
+    for rule in schedules.values():
+        counts[rule] = counts.get(rule, 0) + 1
+    return ", ".join(f"{rule} {count}" for rule, count in sorted(counts.items()))
 
 
 def _stage_reporter(progress: Callable[[str], None] | None, started: float) -> Callable[[str], None]:

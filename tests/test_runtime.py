@@ -152,3 +152,15 @@ def test_failed_export_keeps_the_previous_artifact(tmp_path):
         export_atomically(_FailingExecutable(RuntimeError("boom")), previous)
     assert previous.read_bytes() == b"previous artifact"
     assert list(tmp_path.iterdir()) == [previous]
+
+
+def test_outputs_of_earlier_runs_are_not_overwritten(model):
+    first = model.run(None, {"input": _x()})[0]
+    kept = first.copy()
+    model.run(None, {"input": -_x()})
+    np.testing.assert_array_equal(first, kept)
+
+
+def test_thread_count_is_fixed_per_process(model):
+    with pytest.warns(UserWarning, match="thread pool runs"):
+        sparsec.runtime.load(model.path, num_threads=model.num_threads + 1)
