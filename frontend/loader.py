@@ -24,6 +24,7 @@ class TensorSpec:
     name: str
     shape: tuple[int | None, ...]  # None: a dynamic dimension (only when not compiling)
     dtype: str
+    value_range: tuple[int, int] | None = None  # [low, high) valid for an integer input
 
 
 @dataclass
@@ -126,8 +127,20 @@ def _pin_input_shapes(
             example = "x".join(str(d) if d is not None else "N" for d in shape)
             raise ModelError(f"input {value.name!r} has dynamic shape {shown}: fix it with --input-shape {value.name}={example}")
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
-        specs.append(TensorSpec(value.name, shape, dtype))
+        value_range = _index_range(model.graph, value.name) if np.issubdtype(np.dtype(dtype), np.integer) else None
+        specs.append(TensorSpec(value.name, shape, dtype, value_range))
     return specs
+
+
+def _index_range(graph: onnx.GraphProto, name: str) -> tuple[int, int]:
+    """Valid values of an integer input: the rows of the table it indexes when it feeds a Gather
+    on an initializer (token ids into an embedding), else {0, 1} (masks, segment ids)."""
+    tables = {init.name: init for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == name and node.input[0] in tables:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            return (0, int(tables[node.input[0]].dims[axis]))
+    return (0, 2)
 
 
 def _first_line(err: Exception) -> str:

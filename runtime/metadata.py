@@ -16,13 +16,18 @@ class TensorInfo:
     name: str
     shape: tuple[int, ...]
     dtype: str
+    value_range: tuple[int, int] | None = None  # [low, high) of valid values, integer inputs
 
     @classmethod
     def from_json(cls, data: dict) -> "TensorInfo":
-        return cls(data["name"], tuple(data["shape"]), data["dtype"])
+        value_range = tuple(data["value_range"]) if data.get("value_range") else None
+        return cls(data["name"], tuple(data["shape"]), data["dtype"], value_range)
 
     def to_json(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        data = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        if self.value_range is not None:
+            data["value_range"] = list(self.value_range)
+        return data
 
 
 @dataclass(frozen=True)

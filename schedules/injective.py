@@ -44,10 +44,7 @@ def schedule_injective_block(sch: s_tir.Schedule, block, lanes: int) -> None:
     if not loops or len(loops) != len(kinds):
         return  # a block with opaque iterators or already nested: leave it serial
     n_leading_spatial = len(kinds) - len(kinds.lstrip("S"))
-    # LLVM miscompiles vectors of i1 stored to bool buffers: those blocks stay scalar.
-    writes_bool = any(region.source.dtype == "bool" for region in sch.get(block).writes)
-    vectorize = n_leading_spatial == len(kinds) and not writes_bool
-    if vectorize and vectorize_innermost(sch, block, lanes):
+    if n_leading_spatial == len(kinds) and vectorize_innermost(sch, block, lanes):
         outer = sch.get_loops(block)[:-1]
     else:
         outer = loops[:n_leading_spatial]

@@ -1,4 +1,4 @@
-"""The `sparsec` command line: compile, inspect, run."""
+"""The `sparsec` command line: compile, inspect, run, bench."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ INPUT_SHAPE_HELP = "Fix an input's dynamic dimensions: NAME=DIMxDIM..., e.g. inp
 
 
 class SparsecCommand(click.Group):
-    """Turns user errors into one line on stderr and exit code 2, never a traceback."""
+    """Turns user errors into one line on stderr and exit code 2, and Ctrl-C into exit code 130,
+    never a traceback."""
 
     def invoke(self, ctx):
         try:
@@ -26,6 +27,9 @@ class SparsecCommand(click.Group):
         except SparsecError as err:
             click.echo(f"error: {err}", err=True)
             ctx.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
 
 
 @click.group(cls=SparsecCommand, context_settings={"help_option_names": ["-h", "--help"]})
@@ -37,6 +41,7 @@ def main():
     sparsec inspect model.onnx                  per-layer weights, sparsity, MACs
     sparsec compile model.onnx -o model.so      compile to one self-contained .so
     sparsec run model.so --input x=x.npy        run it (numpy + TVM runtime only)
+    sparsec bench model.onnx --compare onnxruntime   latency/throughput vs a peer
     """
 
 
@@ -121,12 +126,68 @@ def run(artifact: Path, inputs: tuple[str, ...], output: Path | None, threads: i
             click.echo(f"{info.name}: {value.dtype} {tuple(value.shape)}\n{value}")
 
 
-def _read_input(spec: str):
-    import numpy as np
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--compare", multiple=True, metavar="ENGINE", help="Also time a peer engine on the same ONNX file and check its outputs agree: onnxruntime, openvino (when installed). Repeatable.")
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, path_type=Path), help="The ONNX file peers run when MODEL is a compiled .so.")
+@click.option("--target", default="native", show_default=True, help="When MODEL is ONNX: " + TARGET_HELP)
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help="When MODEL is ONNX: " + INPUT_SHAPE_HELP)
+@click.option("--batch", type=click.IntRange(min=1), help="When MODEL is ONNX: batch size for inputs whose first dimension is dynamic.")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads for every engine (default: the usable cores).")
+@click.option("--seconds", type=click.FloatRange(min=0.0), default=10.0, show_default=True, help="Timing window per engine per round.")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True, help="Rounds; engines alternate within each.")
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed runs before each window.")
+@click.option("--input", "inputs", multiple=True, metavar="NAME=FILE.npy", help="Use this input instead of random data. Repeatable.")
+@click.option("--rtol", type=float, default=1e-3, show_default=True, help="Relative tolerance for outputs to agree.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True), help="Write the figures as JSON to this file ('-': stdout).")
+def bench(model, compare, onnx_path, target, input_shapes, batch, threads, seconds, rounds, warmup, inputs, rtol, json_path):
+    """Measure latency (mean, median, p90, p99) and throughput of MODEL (.so, or .onnx compiled
+    first) over a time window after a warm-up, optionally against peer engines.
 
+    Each engine runs in a process of its own, engines alternating round by round, with the same
+    inputs (random, token ids in range, unless --input), threads and batch. Exits 1 when a
+    peer's outputs disagree.
+    """
+    from sparsec.bench import BenchConfig, run_benchmark
+    from sparsec.bench.report import format_report
+    from sparsec.runtime.tvm_runtime import default_num_threads
+
+    config = BenchConfig(
+        model=model,
+        onnx=onnx_path,
+        compare=tuple(compare),
+        target=target,
+        input_shapes=list(input_shapes),
+        batch=batch,
+        threads=threads or default_num_threads(),
+        seconds=seconds,
+        rounds=rounds,
+        warmup=warmup,
+        inputs={name: Path(file) for name, file in (_split_input(spec) for spec in inputs)},
+        rtol=rtol,
+    )
+    report = run_benchmark(config, progress=lambda line: click.echo(line, err=True))
+    if json_path == "-":
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(format_report(report))
+        if json_path:
+            Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+    if not all(c["outputs_agree"] for c in report["comparisons"].values()):
+        sys.exit(1)
+
+
+def _split_input(spec: str) -> tuple[str, str]:
     name, sep, file = spec.partition("=")
     if not sep or not name or not file:
         raise SparsecError(f"--input {spec!r}: expected NAME=FILE.npy")
+    return name, file
+
+
+def _read_input(spec: str):
+    import numpy as np
+
+    name, file = _split_input(spec)
     try:
         return name, np.load(file, allow_pickle=False)
     except (OSError, ValueError) as err:

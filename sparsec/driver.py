@@ -48,7 +48,7 @@ def compile_model(
     with tvm_target:
         mod = optimization_pipeline(tvm_target)(mod)
     metadata = ArtifactMetadata(
-        inputs=tuple(TensorInfo(s.name, s.shape, s.dtype) for s in loaded.inputs),
+        inputs=tuple(TensorInfo(s.name, s.shape, s.dtype, s.value_range) for s in loaded.inputs),
         outputs=_output_infos(mod, [o.name for o in loaded.graph.output]),
         target=spec.as_dict(),
         source=Path(model).name,

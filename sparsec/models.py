@@ -173,14 +173,25 @@ def _gelu(g: _GraphBuilder, x: str, name: str) -> str:
 
 
 def prune(model: onnx.ModelProto, sparsity: float, block: tuple[int, int] = (1, 1)) -> onnx.ModelProto:
-    """Magnitude-prune every 2-D weight of a MatMul/Gemm, per layer, in blocks of `block`
-    (rows x cols of the stored initializer): the blocks of smallest L1 norm become exact zeros."""
+    """Magnitude-prune the weight of every MatMul/Gemm, per layer: the blocks of smallest L1 norm
+    become exact zeros. `block` is (along the output axis, along the reduction axis), whatever
+    the orientation the weight is stored in: (4, 1) is 4 output rows, (1, 4) 4 reduction steps."""
     pruned = onnx.ModelProto()
     pruned.CopyFrom(model)
-    weights = {n.input[1] for n in pruned.graph.node if n.op_type in ("MatMul", "Gemm")}
+    stored_as_output_major = {}  # weight name -> whether rows are output channels
+    for node in pruned.graph.node:
+        if node.op_type == "MatMul":
+            stored_as_output_major[node.input[1]] = False  # x @ W: W is [reduction, output]
+        elif node.op_type == "Gemm":
+            stored_as_output_major[node.input[1]] = any(a.name == "transB" and a.i for a in node.attribute)
     for init in pruned.graph.initializer:
-        if init.name in weights and len(init.dims) == 2:
-            init.CopyFrom(numpy_helper.from_array(_prune_array(numpy_helper.to_array(init), sparsity, block), init.name))
+        if init.name in stored_as_output_major and len(init.dims) == 2:
+            weight = numpy_helper.to_array(init)
+            if stored_as_output_major[init.name]:
+                weight = _prune_array(weight, sparsity, block)
+            else:
+                weight = _prune_array(weight.T, sparsity, block).T
+            init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(weight), init.name))
     return pruned
 
 

@@ -104,3 +104,23 @@ def test_bad_input_exits_2_with_one_line(bad_inputs, args, fragment):
     assert "Traceback" not in done.stderr
     assert len([line for line in lines if line.startswith("error: ")]) == 1
     assert not [p for p in bad_inputs.iterdir() if p.name.endswith(".tmp.so")]
+
+
+def test_ctrl_c_during_compile_leaves_no_artifact_and_no_traceback(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    onnx.save(models.transformer_encoder(models.EncoderConfig(layers=4, hidden=256, heads=4, ffn=1024, vocab=1000), seq=64), str(tmp_path / "enc.onnx"))
+    child = subprocess.Popen(
+        [sys.executable, "-m", "sparsec.cli", "compile", "enc.onnx", "-o", "enc.so", "--target", TARGET],
+        cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+    )
+    for line in child.stderr:  # interrupt once the compile is under way (seconds of work remain)
+        if "importing to Relax" in line:
+            break
+    child.send_signal(signal.SIGINT)
+    stderr = child.stderr.read()
+    assert child.wait(timeout=120) == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["enc.onnx"]

@@ -91,3 +91,14 @@ def test_block_pruning_zeroes_whole_blocks():
     assert np.count_nonzero(pruned == 0) == weight.size // 2
     blocks = (pruned.reshape(4, 4, 12) == 0).all(axis=1) | (pruned.reshape(4, 4, 12) != 0).all(axis=1)
     assert blocks.all()
+
+
+@pytest.mark.parametrize("form", ["gemm", "matmul"])
+def test_prune_blocks_follow_the_layer_axes_not_the_storage(form):
+    """(4, 1) blocks span 4 output channels of one reduction step, however the weight is stored."""
+    pruned = models.prune(models.mlp((32, 16), form=form), 0.5, block=(4, 1))
+    weight = next(onnx.numpy_helper.to_array(i) for i in pruned.graph.initializer if i.name == "fc0.weight")
+    output_major = weight if form == "gemm" else weight.T  # [output, reduction]
+    zero_blocks = (output_major.reshape(4, 4, 32) == 0).all(axis=1)
+    assert zero_blocks.sum() == 4 * 32 // 2
+    assert ((output_major.reshape(4, 4, 32) == 0).any(axis=1) == zero_blocks).all()

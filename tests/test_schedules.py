@@ -101,3 +101,16 @@ def test_softmax_and_layer_norm_take_the_reduction_rule():
     expected = np.exp(normed - normed.max(-1, keepdims=True))
     np.testing.assert_allclose(out, expected / expected.sum(-1, keepdims=True), rtol=1e-4, atol=1e-5)
     assert set(rules.values()) == {"Reduction"}
+
+
+def test_injective_kernel_with_a_shared_bool_intermediate():
+    x = _rand(3, 40)
+    def emit(x):
+        negative = relax.op.less(x, relax.const(0.0))  # bool, read by both selects
+        first = relax.op.where(negative, relax.op.negative(x), x)
+        second = relax.op.where(negative, relax.const(0.0), relax.op.multiply(x, relax.const(2.0)))
+        return relax.op.add(first, second)
+
+    out, rules = _compile_and_run(_build({"x": x}, emit), [x])
+    np.testing.assert_allclose(out, np.abs(x) + np.where(x < 0, 0, 2 * x), rtol=1e-6)
+    assert set(rules.values()) == {"Injective"}

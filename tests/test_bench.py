@@ -1,0 +1,105 @@
+"""`sparsec bench`: figures present, a stable JSON schema, and a wrong output detected.
+Speed itself is measured by benchmarks/, not here."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from conftest import TARGET, run_cli
+
+from sparsec import models
+from sparsec.bench.engines import is_available
+from sparsec.bench.stats import compare_outputs, summarize
+
+QUICK = ["--seconds", "0.2", "--rounds", "2", "--warmup", "1", "--threads", "1"]
+LATENCY_KEYS = {"mean", "median", "p90", "p99"}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("bench")
+    onnx.save(models.mlp((16, 32, 4), batch="batch", seed=0), str(directory / "mlp.onnx"))
+    onnx.save(models.mlp((16, 32, 4), batch=2, seed=1), str(directory / "other.onnx"))
+    config = models.EncoderConfig(layers=1, hidden=32, heads=2, ffn=64, vocab=50, max_positions=16)
+    onnx.save(models.transformer_encoder(config, seq=8), str(directory / "encoder.onnx"))
+    return directory
+
+
+def test_json_schema_and_figures(workdir):
+    done = run_cli("bench", "mlp.onnx", "--batch", "2", "--target", TARGET, "--compare", "onnxruntime", "--json", "-", *QUICK, cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert set(report) == {"schema", "model", "batch", "threads", "seconds_per_round", "rounds", "machine", "versions", "engines", "comparisons"}
+    assert report["schema"] == "sparsec-bench/1" and report["batch"] == 2 and report["rounds"] == 2
+    assert set(report["engines"]) == {"sparsec", "onnxruntime"}
+    for stats in report["engines"].values():
+        assert set(stats) == {"runs", "throughput_items_per_s", "latency_ms", "round_median_ms"}
+        assert set(stats["latency_ms"]) == LATENCY_KEYS and set(stats["round_median_ms"]) == {"min", "median", "max"}
+        assert stats["runs"] >= 6 and stats["throughput_items_per_s"] > 0
+        assert stats["latency_ms"]["median"] <= stats["latency_ms"]["p99"]
+    comparison = report["comparisons"]["onnxruntime"]
+    assert comparison["outputs_agree"] and comparison["max_relative_error"] < 1e-4 and comparison["speedup"] > 0
+    assert {"cpu", "cores", "isa"} <= set(report["machine"]) and "apache-tvm" in report["versions"]
+
+
+def test_text_report_and_token_ids_in_range(workdir):
+    done = run_cli("bench", "encoder.onnx", "--target", TARGET, "--compare", "onnxruntime", *QUICK, cwd=workdir)
+    assert done.returncode == 0, done.stderr  # ids beyond the 50-row embedding would crash or disagree
+    assert "items/s" in done.stdout and "p99" in done.stdout
+    assert "outputs agree with onnxruntime" in done.stdout
+
+
+def test_wrong_output_is_detected(workdir):
+    compiled = run_cli("compile", "mlp.onnx", "--input-shape", "input=2x16", "-o", "mlp.so", "--target", TARGET, "-q", cwd=workdir)
+    assert compiled.returncode == 0, compiled.stderr
+    done = run_cli("bench", "mlp.so", "--onnx", "other.onnx", "--compare", "onnxruntime", *QUICK, cwd=workdir)
+    assert done.returncode == 1
+    assert "OUTPUTS DISAGREE with onnxruntime" in done.stdout
+
+
+def test_given_inputs_are_used(workdir):
+    np.save(workdir / "x.npy", np.ones((2, 16), np.float32))
+    done = run_cli("bench", "mlp.so", "--input", "input=x.npy", "--json", "-", *QUICK, cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert set(json.loads(done.stdout)["engines"]) == {"sparsec"}
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["bench", "mlp.so", "--compare", "onnxruntime"], "--compare needs the ONNX model"),
+        (["bench", "mlp.onnx", "--compare", "tensorrt"], "--compare tensorrt: unknown engine"),
+        (["bench", "mlp.so", "--batch", "4"], "--batch and --input-shape apply when compiling"),
+        (["bench", "other.onnx", "--batch", "4"], "batch fixed at 2"),
+        (["bench", "absent.onnx"], "absent.onnx: no such file"),
+        (["bench", "mlp.so", "--input", "nope=x.npy"], "the model has no such input"),
+    ],
+)
+def test_bad_bench_input_exits_2(workdir, args, fragment):
+    done = run_cli(*args, *QUICK, cwd=workdir)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: ") and fragment in done.stderr
+
+
+@pytest.mark.skipif(not is_available("openvino"), reason="OpenVINO is an optional peer")
+def test_openvino_plugs_in_when_installed(workdir):
+    done = run_cli("bench", "mlp.onnx", "--batch", "2", "--target", TARGET, "--compare", "openvino", "--json", "-", *QUICK, cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["comparisons"]["openvino"]["outputs_agree"]
+
+
+def test_summary_statistics():
+    stats = summarize([[0.001, 0.002, 0.003], [0.004, 0.005, 0.006]], batch=4)
+    assert stats["runs"] == 6
+    assert stats["latency_ms"]["median"] == pytest.approx(3.5)
+    assert stats["round_median_ms"] == pytest.approx({"min": 2.0, "median": 3.5, "max": 5.0})
+    assert stats["throughput_items_per_s"] == pytest.approx(4 / 0.0035)
+
+
+def test_output_comparison():
+    reference = [np.array([1.0, -2.0]), np.zeros(3)]
+    assert compare_outputs([np.array([1.0, -2.0001]), np.zeros(3)], reference, 1e-3)["outputs_agree"]
+    assert not compare_outputs([np.array([1.0, -2.1]), np.zeros(3)], reference, 1e-3)["outputs_agree"]
+    assert not compare_outputs([np.array([1.0, -2.0])], reference, 1e-3)["outputs_agree"]
+    assert not compare_outputs([np.zeros(2), np.zeros(4)], reference, 1e-3)["outputs_agree"]
