@@ -23,6 +23,8 @@ class LayerInfo:
     weight_shape: tuple[int, ...]
     sparsity: float
     macs: int | None
+    kernel: str = "dense"  # what `compile` would choose: "dense" or "bsr RxC <loop order>"
+    estimated_speedup: float | None = None
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -42,6 +44,8 @@ def weighted_layers(loaded: LoadedModel) -> list[LayerInfo]:
             continue
         weight = numpy_helper.to_array(initializers[weight_name])
         out_shape = shapes.get(node.output[0])
+        macs = _macs(node, weight.shape, out_shape)
+        kernel, speedup = _sparse_plan(node, weight, macs)
         layers.append(
             LayerInfo(
                 name=node.name or f"{node.op_type}_{index}",
@@ -49,10 +53,26 @@ def weighted_layers(loaded: LoadedModel) -> list[LayerInfo]:
                 weight=weight_name,
                 weight_shape=tuple(weight.shape),
                 sparsity=float(np.count_nonzero(weight == 0) / weight.size) if weight.size else 0.0,
-                macs=_macs(node, weight.shape, out_shape),
+                macs=macs,
+                kernel=kernel,
+                estimated_speedup=speedup,
             )
         )
     return layers
+
+
+def _sparse_plan(node: onnx.NodeProto, weight: np.ndarray, macs: int | None) -> tuple[str, float | None]:
+    """The compiler's dense-or-BSR choice for a MatMul/Gemm weight (convolutions stay dense)."""
+    if node.op_type == "Conv" or weight.ndim != 2 or macs is None or weight.dtype != np.float32:
+        return "dense", None
+    from sparsec.passes.block_sparsity import plan_layer
+
+    trans_b = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
+    weight_nk = weight if trans_b else weight.T
+    plan = plan_layer(np.ascontiguousarray(weight_nk), macs // weight.size)
+    if not plan.sparse:
+        return "dense", plan.estimated_speedup
+    return f"bsr {plan.block[0]}x{plan.block[1]} {plan.loop_order}", plan.estimated_speedup
 
 
 def _weight_input(node: onnx.NodeProto, initializers: dict) -> str | None:

@@ -12,11 +12,14 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 
-def compile(model, output, target="native", input_shapes=None, progress=None):  # noqa: A001 - mirrors the CLI verb
-    """Compile an ONNX model to a .so. See `sparsec compile --help` for the arguments."""
+def compile(model, output, target="native", input_shapes=None, progress=None, sparsity_threshold=None, block=None):  # noqa: A001
+    """Compile an ONNX model to a .so. See `sparsec compile --help` for the arguments;
+    `block` is (rows along the output axis, columns along the reduction axis)."""
     from sparsec.driver import compile_model
+    from sparsec.passes import BSROptions
 
-    return compile_model(model, output, target=target, input_shapes=input_shapes, progress=progress)
+    sparse = BSROptions(sparsity_threshold, tuple(block) if block else None)
+    return compile_model(model, output, target=target, input_shapes=input_shapes, progress=progress, sparse=sparse)
 
 
 def inspect(model, input_shapes=None):

@@ -50,19 +50,30 @@ def main():
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Where to write the .so (default: MODEL with .so).")
 @click.option("--target", default="native", show_default=True, help=TARGET_HELP)
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help=INPUT_SHAPE_HELP)
+@click.option(
+    "--sparsity-threshold",
+    type=click.FloatRange(0.0, 1.0),
+    help="Make every matmul layer whose weight has at least this fraction of exact zeros block-sparse "
+    "(default: decide per layer from the measured kernel speeds).",
+)
+@click.option("--block", metavar="RxC", help="BSR block shape for every sparse layer: R output channels x C reduction steps, e.g. 4x1 (default: chosen per layer).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def compile(model: Path, output: Path | None, target: str, input_shapes: tuple[str, ...], quiet: bool):  # noqa: A001
+def compile(model: Path, output: Path | None, target: str, input_shapes: tuple[str, ...], sparsity_threshold, block, quiet: bool):  # noqa: A001
     """Compile an ONNX MODEL into a shared library.
 
-    The artifact holds the weights and its input/output metadata; `sparsec run` or
-    `sparsec.runtime.load()` executes it without TVM's compiler. The file is written
-    atomically: a failed or interrupted compile leaves nothing behind.
+    Matmul/Gemm layers with pruned constant weights become block-sparse (BSR) kernels where that
+    is estimated faster than dense; a per-layer summary is printed. The artifact holds the
+    weights and its input/output metadata; `sparsec run` or `sparsec.runtime.load()` executes it
+    without TVM's compiler. The file is written atomically: a failed or interrupted compile
+    leaves nothing behind.
     """
     from sparsec.driver import compile_model
+    from sparsec.passes import BSROptions
 
     output = output or model.with_suffix(".so")
     progress = None if quiet else (lambda line: click.echo(line, err=True))
-    result = compile_model(model, output, target=target, input_shapes=list(input_shapes), progress=progress)
+    sparse = BSROptions(sparsity_threshold, _parse_block(block) if block else None)
+    result = compile_model(model, output, target=target, input_shapes=list(input_shapes), progress=progress, sparse=sparse)
     if not quiet:
         size_mb = result.output.stat().st_size / 1e6
         click.echo(f"wrote {result.output} ({size_mb:.1f} MB) for {result.target.describe()} in {result.seconds:.1f}s", err=True)
@@ -74,7 +85,8 @@ def compile(model: Path, output: Path | None, target: str, input_shapes: tuple[s
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def inspect(model: Path, input_shapes: tuple[str, ...], as_json: bool):
     """Show the weighted layers of an ONNX MODEL: op, weight shape, sparsity (fraction of exact
-    zeros) and multiply-accumulates."""
+    zeros), multiply-accumulates, and the kernel `compile` would choose (dense or BSR with its
+    block shape and loop order) with its estimated speedup over dense."""
     import sparsec
 
     layers = sparsec.inspect(model, list(input_shapes))
@@ -85,7 +97,7 @@ def inspect(model: Path, input_shapes: tuple[str, ...], as_json: bool):
 
 
 def _layer_table(layers) -> str:
-    header = ("layer", "op", "weight shape", "sparsity", "MMACs")
+    header = ("layer", "op", "weight shape", "sparsity", "MMACs", "kernel", "est. speedup")
     rows = [
         (
             layer.name,
@@ -93,6 +105,8 @@ def _layer_table(layers) -> str:
             "x".join(str(d) for d in layer.weight_shape),
             f"{layer.sparsity:.1%}",
             "?" if layer.macs is None else f"{layer.macs / 1e6:.2f}",
+            layer.kernel,
+            "" if layer.estimated_speedup is None else f"{layer.estimated_speedup:.1f}x",
         )
         for layer in layers
     ]
@@ -175,6 +189,13 @@ def bench(model, compare, onnx_path, target, input_shapes, batch, threads, secon
             Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
     if not all(c["outputs_agree"] for c in report["comparisons"].values()):
         sys.exit(1)
+
+
+def _parse_block(text: str) -> tuple[int, int]:
+    rows, sep, cols = text.lower().partition("x")
+    if not sep or not rows.isdigit() or not cols.isdigit() or int(rows) < 1 or int(cols) < 1:
+        raise SparsecError(f"--block {text!r}: expected RxC with whole numbers, e.g. 4x1")
+    return int(rows), int(cols)
 
 
 def _split_input(spec: str) -> tuple[str, str]:

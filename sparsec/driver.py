@@ -13,7 +13,7 @@ from tvm import relax
 
 from sparsec.frontend import import_to_relax, load_model
 from sparsec.frontend.loader import parse_input_shapes
-from sparsec.passes import optimization_pipeline
+from sparsec.passes import BSROptions, DenseToBSR, LayerDecision, optimization_pipeline
 from sparsec.runtime.export import attach_metadata, export_atomically
 from sparsec.runtime.metadata import ArtifactMetadata, TensorInfo
 from sparsec.schedules import SCHEDULE_RULE_ATTR
@@ -26,6 +26,7 @@ class CompileResult:
     target: TargetSpec
     seconds: float
     schedules: dict[str, str] = field(default_factory=dict)  # kernel name -> schedule rule
+    layers: list[LayerDecision] = field(default_factory=list)  # weighted layers, graph order
 
 
 def compile_model(
@@ -34,6 +35,7 @@ def compile_model(
     target: str | TargetSpec = "native",
     input_shapes: dict | list[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    sparse: BSROptions | None = None,
 ) -> CompileResult:
     """Compile an ONNX model into a self-contained .so that `sparsec.runtime.load` runs."""
     started = time.perf_counter()
@@ -45,8 +47,11 @@ def compile_model(
     mod = import_to_relax(loaded)
     tvm_target = spec.to_tvm()
     say(f"optimizing and scheduling for {spec.describe()}")
+    sparse_pass = DenseToBSR(sparse)
     with tvm_target:
-        mod = optimization_pipeline(tvm_target)(mod)
+        mod = optimization_pipeline(tvm_target, sparse_pass)(mod)
+    for line in layer_summary(sparse_pass.decisions):
+        say(line)
     metadata = ArtifactMetadata(
         inputs=tuple(TensorInfo(s.name, s.shape, s.dtype, s.value_range) for s in loaded.inputs),
         outputs=_output_infos(mod, [o.name for o in loaded.graph.output]),
@@ -60,7 +65,20 @@ def compile_model(
     executable = tvm.compile(mod, tvm_target)
     say(f"writing {output}")
     export_atomically(executable, Path(output))
-    return CompileResult(Path(output), spec, time.perf_counter() - started, schedules)
+    return CompileResult(Path(output), spec, time.perf_counter() - started, schedules, sparse_pass.decisions)
+
+
+def layer_summary(decisions: list[LayerDecision]) -> list[str]:
+    """One line per weighted layer: dense or BSR, block shape, density, estimated speedup."""
+    lines = []
+    for index, decision in enumerate(decisions):
+        plan = decision.plan
+        kernel = f"BSR {plan.block[0]}x{plan.block[1]} {plan.loop_order}" if plan.sparse else "dense"
+        lines.append(
+            f"  layer {index}: {decision.m}x{decision.k} @ {decision.k}x{decision.n}  {kernel:<18} "
+            f"sparsity {plan.sparsity:6.1%}  stored {plan.density:6.1%}  est. {plan.estimated_speedup:4.1f}x vs dense"
+        )
+    return lines
 
 
 def _output_infos(mod: tvm.IRModule, names: list[str]) -> tuple[TensorInfo, ...]:

@@ -51,7 +51,7 @@ def test_inspect_table_and_json(workdir):
     as_json = run_cli("inspect", "mlp.onnx", "--json", cwd=workdir)
     layers = json.loads(as_json.stdout)["layers"]
     assert [layer["name"] for layer in layers] == ["fc0", "fc1"]
-    assert set(layers[0]) == {"name", "op", "weight", "weight_shape", "sparsity", "macs"}
+    assert set(layers[0]) == {"name", "op", "weight", "weight_shape", "sparsity", "macs", "kernel", "estimated_speedup"}
     assert layers[0]["macs"] == 2 * 32 * 64 and abs(layers[0]["sparsity"] - 0.8) < 1e-3
     dynamic = json.loads(run_cli("inspect", "dynamic.onnx", "--json", cwd=workdir).stdout)["layers"]
     assert dynamic[0]["macs"] is None  # unknown batch: no MAC count, but no error either
@@ -94,6 +94,7 @@ def bad_inputs(workdir):
         (["run", "mlp.so", "--input", "input=xf.npy"], "not C-contiguous"),
         (["run", "mlp.so", "--input", "input=x.npy", "--input", "extra=x.npy"], "unknown input(s) extra"),
         (["inspect", "absent.onnx"], "absent.onnx: no such file"),
+        (["compile", "mlp.onnx", "--block", "4by1"], "--block '4by1': expected RxC"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(bad_inputs, args, fragment):

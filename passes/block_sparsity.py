@@ -1,0 +1,115 @@
+"""Per-layer sparse-or-dense decision for a constant weight, from its own zero pattern.
+
+For every candidate block shape the weight is cut into R x C blocks (R output channels x C
+reduction steps); a block is stored if any of its values is nonzero. The estimated time of a
+BSR layer is its stored multiply-accumulates over the throughput its kernel reaches with that
+block shape (measured, below), plus the activation transpose the `columns` loop order needs; the
+layer goes sparse when that beats the dense kernel. `sparsity_threshold` and `block` override
+the decision and the block choice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse
+
+# Measured on a 2-core AMD EPYC (Zen 4), M=128, K=N=768, 90% block-sparse, fp32, 2 threads:
+# GFLOP/s on the stored values per (loop order, block shape) (see schedules/f32_bsr_matmul.py;
+# reproduce with benchmarks/bsr_kernels.py). `rows` is only listed where a block has >= 4 rows.
+BSR_THROUGHPUT = {
+    ("rows", (16, 1)): 180.0,
+    ("rows", (8, 1)): 95.0,
+    ("rows", (4, 1)): 50.0,
+    ("rows", (4, 4)): 74.0,
+    ("columns", (16, 1)): 184.0,
+    ("columns", (8, 1)): 94.0,
+    ("columns", (4, 1)): 137.0,
+    ("columns", (4, 4)): 182.0,
+    ("columns", (1, 4)): 80.0,
+    ("columns", (1, 1)): 77.0,
+}
+CANDIDATE_BLOCKS = (16, 1), (8, 1), (4, 1), (4, 4), (1, 4), (1, 1)
+DENSE_THROUGHPUT = 175.0  # GFLOP/s of schedules/f32_matmul.py on the same layer
+TRANSPOSE_BYTES_PER_SECOND = 8e9  # a [128, 768] fp32 transpose took ~100 us
+# The cost model is rough (one measured shape): a layer goes sparse only when it predicts at least
+# this gain, so a dense weight never lands in a BSR kernel that merely ties with dense.
+MIN_ESTIMATED_SPEEDUP = 1.3
+# Below this many rows the columns order's vectors are mostly empty: only `rows` is used.
+MIN_ROWS_FOR_COLUMNS_ORDER = 16
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    sparse: bool
+    block: tuple[int, int]
+    loop_order: str  # "rows" | "columns" | "dense"
+    sparsity: float  # fraction of exact zeros in the weight
+    density: float  # stored fraction of the weight in this block shape (zeros inside kept blocks count)
+    estimated_speedup: float  # dense time / sparse time for this layer
+
+
+def block_density(weight_nk: np.ndarray, block: tuple[int, int]) -> float:
+    rows, cols = block
+    n, k = weight_nk.shape
+    if n % rows or k % cols:
+        return 1.0
+    stored = (weight_nk.reshape(n // rows, rows, k // cols, cols) != 0).any(axis=(1, 3))
+    return float(stored.mean())
+
+
+def plan_layer(
+    weight_nk: np.ndarray,
+    m: int,
+    sparsity_threshold: float | None = None,
+    block: tuple[int, int] | None = None,
+) -> LayerPlan:
+    """Choose dense or BSR (with block shape and loop order) for out[m, n] = x[m, k] @ W^T."""
+    n, k = weight_nk.shape
+    sparsity = float(np.count_nonzero(weight_nk == 0) / weight_nk.size)
+    dense_seconds = 2.0 * m * n * k / (DENSE_THROUGHPUT * 1e9)
+    forced = block is not None
+    orders = ("rows",) if m < MIN_ROWS_FOR_COLUMNS_ORDER and not forced else ("rows", "columns")
+    best = None
+    for shape in [block] if block is not None else CANDIDATE_BLOCKS:
+        if n % shape[0] or k % shape[1]:
+            continue
+        density = block_density(weight_nk, shape)
+        for order in orders:
+            throughput = BSR_THROUGHPUT.get((order, shape), _unmeasured_throughput(order, shape, forced))
+            if throughput is None:
+                continue
+            seconds = 2.0 * m * n * k * density / (throughput * 1e9)
+            if order == "columns":
+                seconds += 2.0 * m * k * 4 / TRANSPOSE_BYTES_PER_SECOND
+            if best is None or seconds < best[0]:
+                best = (seconds, shape, order, density)
+    if best is None:
+        return LayerPlan(False, (1, 1), "dense", sparsity, 1.0, 1.0)
+    seconds, shape, order, density = best
+    speedup = dense_seconds / max(seconds, 1e-12)
+    sparse = sparsity >= sparsity_threshold if sparsity_threshold is not None else speedup >= MIN_ESTIMATED_SPEEDUP
+    return LayerPlan(sparse, shape, order if sparse else "dense", sparsity, density, speedup)
+
+
+def _unmeasured_throughput(order: str, shape: tuple[int, int], forced: bool) -> float | None:
+    """Only a block shape forced by --block runs where nothing was measured: assume it is as
+    slow as the slowest measured kernel, scaled down when its vectors are mostly empty."""
+    if not forced:
+        return None
+    slowest = min(t for (o, _), t in BSR_THROUGHPUT.items() if o == order)
+    return slowest * min(shape[0], 4) / 4 if order == "rows" else slowest
+
+
+def pack_bsr(weight_nk: np.ndarray, block: tuple[int, int], loop_order: str):
+    """BSR arrays of W^T [N, K]: data laid out for the kernel's loop order, int32 indices."""
+    bsr = scipy.sparse.bsr_matrix(weight_nk, blocksize=block)
+    bsr.eliminate_zeros()  # drop blocks that are entirely zero
+    bsr.sort_indices()
+    data = bsr.data.astype(np.float32)  # [blocks, R, C]
+    if loop_order == "rows":
+        data = data.transpose(0, 2, 1)  # [blocks, C, R]: a block's R outputs are contiguous
+    if data.shape[0] == 0:  # an all-zero weight still needs a non-empty buffer
+        data = np.zeros((1, *data.shape[1:]), np.float32)
+    return np.ascontiguousarray(data), bsr.indices.astype(np.int32), bsr.indptr.astype(np.int32)
