@@ -15,23 +15,23 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse
 
-# Measured on a 2-core AMD EPYC (Zen 4), M=128, K=N=768, 90% block-sparse, fp32, 2 threads:
+# Measured 2026-11-22 on a 2-core AMD EPYC (Zen 4), M=128, K=N=768, 90% block-sparse, fp32, 2 threads:
 # GFLOP/s on the stored values per (loop order, block shape) (see schedules/f32_bsr_matmul.py;
-# reproduce with benchmarks/bsr_kernels.py). `rows` is only listed where a block has >= 4 rows.
+# reproduce with `python benchmarks/bsr_kernels.py`). `rows` with fewer than 4 block rows is left out (mostly empty vectors).
 BSR_THROUGHPUT = {
-    ("rows", (16, 1)): 180.0,
-    ("rows", (8, 1)): 95.0,
-    ("rows", (4, 1)): 50.0,
-    ("rows", (4, 4)): 74.0,
-    ("columns", (16, 1)): 184.0,
-    ("columns", (8, 1)): 94.0,
-    ("columns", (4, 1)): 137.0,
-    ("columns", (4, 4)): 182.0,
-    ("columns", (1, 4)): 80.0,
-    ("columns", (1, 1)): 77.0,
+    ("rows", (16, 1)): 194.0,
+    ("rows", (8, 1)): 100.0,
+    ("rows", (4, 1)): 44.0,
+    ("rows", (4, 4)): 60.0,
+    ("columns", (16, 1)): 196.0,
+    ("columns", (8, 1)): 153.0,
+    ("columns", (4, 1)): 152.0,
+    ("columns", (4, 4)): 148.0,
+    ("columns", (1, 4)): 81.0,
+    ("columns", (1, 1)): 78.0,
 }
 CANDIDATE_BLOCKS = (16, 1), (8, 1), (4, 1), (4, 4), (1, 4), (1, 1)
-DENSE_THROUGHPUT = 175.0  # GFLOP/s of schedules/f32_matmul.py on the same layer
+DENSE_THROUGHPUT = 227.0  # GFLOP/s of schedules/f32_matmul.py on the same layer
 TRANSPOSE_BYTES_PER_SECOND = 8e9  # a [128, 768] fp32 transpose took ~100 us
 # The cost model is rough (one measured shape): a layer goes sparse only when it predicts at least
 # this gain, so a dense weight never lands in a BSR kernel that merely ties with dense.
