@@ -24,7 +24,7 @@ class TensorSpec:
     name: str
     shape: tuple[int | None, ...]  # None: a dynamic dimension (only when not compiling)
     dtype: str
-    value_range: tuple[int, int] | None = None  # [low, high) valid for an integer input
+    value_range: tuple[int, int] | None = None  # [low, high): indices into a table (Gather)
 
 
 @dataclass
@@ -132,15 +132,16 @@ def _pin_input_shapes(
     return specs
 
 
-def _index_range(graph: onnx.GraphProto, name: str) -> tuple[int, int]:
-    """Valid values of an integer input: the rows of the table it indexes when it feeds a Gather
-    on an initializer (token ids into an embedding), else {0, 1} (masks, segment ids)."""
+def _index_range(graph: onnx.GraphProto, name: str) -> tuple[int, int] | None:
+    """Valid values of an integer input that indexes a table (token ids into an embedding: a
+    Gather on an initializer): [-rows, rows), negative ids counting from the end as in ONNX."""
     tables = {init.name: init for init in graph.initializer}
     for node in graph.node:
         if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == name and node.input[0] in tables:
             axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-            return (0, int(tables[node.input[0]].dims[axis]))
-    return (0, 2)
+            rows = int(tables[node.input[0]].dims[axis])
+            return (-rows, rows)
+    return None
 
 
 def _first_line(err: Exception) -> str:

@@ -16,7 +16,7 @@ class TensorInfo:
     name: str
     shape: tuple[int, ...]
     dtype: str
-    value_range: tuple[int, int] | None = None  # [low, high) of valid values, integer inputs
+    value_range: tuple[int, int] | None = None  # [low, high) of valid indices, table-indexing inputs
 
     @classmethod
     def from_json(cls, data: dict) -> "TensorInfo":

@@ -87,6 +87,12 @@ class CompiledModel:
             raise FeedError(f"input {spec.name!r}: expected shape {_shape(spec.shape)}, got {_shape(value.shape)}")
         if not value.flags.c_contiguous:
             raise FeedError(f"input {spec.name!r}: the array is not C-contiguous; pass np.ascontiguousarray(x)")
+        if spec.value_range is not None and value.size:
+            # The compiled gather does not bounds-check: an index out of its table would fault.
+            low, high = spec.value_range
+            smallest, largest = int(value.min()), int(value.max())
+            if smallest < low or largest >= high:
+                raise FeedError(f"input {spec.name!r}: values must be in [{low}, {high}), got {smallest}..{largest}")
         return value
 
     def _input_names(self) -> str:

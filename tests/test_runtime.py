@@ -164,3 +164,16 @@ def test_outputs_of_earlier_runs_are_not_overwritten(model):
 def test_thread_count_is_fixed_per_process(model):
     with pytest.warns(UserWarning, match="thread pool runs"):
         sparsec.runtime.load(model.path, num_threads=model.num_threads + 1)
+
+
+def test_token_ids_outside_the_embedding_are_rejected(tmp_path):
+    config = models.EncoderConfig(layers=1, hidden=32, heads=2, ffn=64, vocab=50, max_positions=16)
+    source = models.transformer_encoder(config, seq=8)
+    onnx.save(source, str(tmp_path / "encoder.onnx"))
+    encoder = sparsec.runtime.load(sparsec.compile(tmp_path / "encoder.onnx", tmp_path / "encoder.so", target=TARGET).output)
+    assert encoder.inputs[0].value_range == (-50, 50)
+    ids = np.arange(8, dtype=np.int64).reshape(1, 8)
+    negative = {"input_ids": ids - 50}  # negative ids count from the end, as in ONNX
+    assert_close_relative(encoder.run(None, negative)[0], onnxruntime_outputs(source, negative)[0])
+    with pytest.raises(FeedError, match=r"input 'input_ids': values must be in \[-50, 50\), got 0\.\.1000000"):
+        encoder.run(None, {"input_ids": np.where(ids == 7, 1_000_000, ids)})

@@ -120,8 +120,9 @@ def _feeds(config: BenchConfig, inputs) -> dict[str, np.ndarray]:
         if spec.name in config.inputs:
             feeds[spec.name] = _read_npy(config.inputs[spec.name])
         elif np.issubdtype(np.dtype(spec.dtype), np.integer):
-            low, high = spec.value_range or (0, 2)
-            feeds[spec.name] = rng.integers(low, high, spec.shape).astype(spec.dtype)
+            # token ids: any row of their table; other integers (masks, segment ids): 0 or 1
+            high = spec.value_range[1] if spec.value_range else 2
+            feeds[spec.name] = rng.integers(0, high, spec.shape).astype(spec.dtype)
         else:
             feeds[spec.name] = rng.standard_normal(spec.shape).astype(spec.dtype)
     unknown = set(config.inputs) - {spec.name for spec in inputs}
