@@ -45,7 +45,7 @@ def weighted_layers(loaded: LoadedModel) -> list[LayerInfo]:
         weight = numpy_helper.to_array(initializers[weight_name])
         out_shape = shapes.get(node.output[0])
         macs = _macs(node, weight.shape, out_shape)
-        kernel, speedup = _sparse_plan(node, weight, macs)
+        kernel, speedup = _sparse_plan(node, weight, macs) if weight_name == node.input[1] else ("dense", None)
         layers.append(
             LayerInfo(
                 name=node.name or f"{node.op_type}_{index}",
@@ -62,7 +62,8 @@ def weighted_layers(loaded: LoadedModel) -> list[LayerInfo]:
 
 
 def _sparse_plan(node: onnx.NodeProto, weight: np.ndarray, macs: int | None) -> tuple[str, float | None]:
-    """The compiler's dense-or-BSR choice for a MatMul/Gemm weight (convolutions stay dense)."""
+    """The compiler's dense-or-BSR choice for a MatMul/Gemm right-hand weight (convolutions and
+    left-hand weights stay dense: passes/dense_to_bsr.py rewrites x @ W only)."""
     if node.op_type == "Conv" or weight.ndim != 2 or macs is None or weight.dtype != np.float32:
         return "dense", None
     from sparsec.passes.block_sparsity import plan_layer

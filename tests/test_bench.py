@@ -103,3 +103,26 @@ def test_output_comparison():
     assert not compare_outputs([np.array([1.0, -2.1]), np.zeros(3)], reference, 1e-3)["outputs_agree"]
     assert not compare_outputs([np.array([1.0, -2.0])], reference, 1e-3)["outputs_agree"]
     assert not compare_outputs([np.zeros(2), np.zeros(4)], reference, 1e-3)["outputs_agree"]
+
+
+def test_workers_get_the_requested_thread_count(workdir, monkeypatch):
+    """The parent sets TVM_NUM_THREADS when it reads the artifact; workers must not inherit it."""
+    import subprocess
+
+    from sparsec.bench import runner
+
+    seen, original_run = [], subprocess.run
+
+    def spy(command, **kwargs):
+        if "sparsec.bench.worker" in command:
+            seen.append((command[3], kwargs["env"]["TVM_NUM_THREADS"]))
+        return original_run(command, **kwargs)
+
+    import sparsec
+
+    artifact = sparsec.compile(workdir / "other.onnx", workdir / "threads.so", target=TARGET).output
+    monkeypatch.setenv("TVM_NUM_THREADS", "2")
+    monkeypatch.setattr(runner.subprocess, "run", spy)
+    config = runner.BenchConfig(model=artifact, threads=1, seconds=0.05, rounds=1, warmup=0)
+    runner.run_benchmark(config)
+    assert seen == [("sparsec", "1")]

@@ -4,6 +4,7 @@ alternating worker processes, compare outputs, summarize."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -145,7 +146,10 @@ def _time_in_worker(engine: str, path: str, feeds: Path, config: BenchConfig, ou
     ]  # fmt: skip
     if outputs is not None:
         command += ["--outputs", str(outputs)]
-    done = subprocess.run(command, capture_output=True, text=True)
+    # TVM sizes its pool from TVM_NUM_THREADS, which this process may have set already (loading
+    # the artifact's metadata does): give each worker the requested count explicitly.
+    env = dict(os.environ, TVM_NUM_THREADS=str(config.threads))
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
         raise SparsecError(f"{engine} failed on {path}: {lines[-1] if lines else f'exit code {done.returncode}'}")
