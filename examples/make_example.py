@@ -1,4 +1,5 @@
-"""Regenerate the bundled example: an 80%-pruned MLP (Gemm layers) and one input for it.
+"""Regenerate the bundled example: an MLP (Gemm layers) pruned 90% in blocks of 4 output
+channels, and one input for it.
 
     python examples/make_example.py
 """
@@ -13,6 +14,6 @@ from sparsec import models
 HERE = Path(__file__).parent
 
 if __name__ == "__main__":
-    model = models.prune(models.mlp((256, 512, 256, 10), batch=1, form="gemm", seed=0), 0.8)
+    model = models.prune(models.mlp((256, 512, 256, 10), batch=1, form="gemm", seed=0), 0.9, block=(4, 1))
     onnx.save(model, str(HERE / "mlp.onnx"))
     np.save(HERE / "mlp_input.npy", np.random.default_rng(0).standard_normal((1, 256)).astype(np.float32))
