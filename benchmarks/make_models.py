@@ -1,6 +1,7 @@
 """Generate the benchmark models from scratch (no downloads): a BERT-base encoder and a
-784-2048-2048-10 MLP, each dense, magnitude-pruned at 80/90/95% unstructured and at 90% in
-4-wide blocks along either axis, in fp32 and as static QDQ int8 (onnxruntime.quantization).
+784-2048-2048-10 MLP, each dense, magnitude-pruned at 80/90/95% unstructured, at 90% in 4-wide
+blocks along either axis and at 95% in 4x1 blocks, in fp32 and as static QDQ int8
+(onnxruntime.quantization).
 
     python benchmarks/make_models.py --out /tmp/sparsec-bench/models [--only bert_base] [--no-int8]
 """
@@ -36,6 +37,7 @@ VARIANTS = (
     Variant("unstructured95", 0.95, (1, 1)),
     Variant("block4x1_90", 0.90, (4, 1)),
     Variant("block1x4_90", 0.90, (1, 4)),
+    Variant("block4x1_95", 0.95, (4, 1)),
 )
 PRECISIONS = ("fp32", "int8")
 CALIBRATION_SAMPLES = 8
