@@ -52,54 +52,61 @@ def _activation(name: str | None) -> Callable:
 
 
 def bsr_rows_kernel(shape: BSRShape, activation: str | None = None) -> tirx.PrimFunc:
-    """x [M, K], data [blocks, C, R], indices [blocks], indptr [N/R + 1], bias [N] -> out [M, N]."""
-    M, K, N, R, C, nnz = shape.m, shape.k, shape.n, shape.block_rows, shape.block_cols, shape.stored_blocks
-    NB = shape.block_row_count
-    MR = next(t for t in ROW_TILE_CANDIDATES if M % t == 0 and t * R * 4 <= MAX_REGISTER_TILE_BYTES)
-    act = _activation(activation)
-
-    @T.prim_func(private=True, s_tir=True)
-    def kernel(
-        x: T.Buffer((M, K), "float32"),
-        data: T.Buffer((nnz, C, R), "float32"),
-        indices: T.Buffer((nnz,), "int32"),
-        indptr: T.Buffer((NB + 1,), "int32"),
-        bias: T.Buffer((N,), "float32"),
-        out: T.Buffer((M, N), "float32"),
-    ):
-        T.func_attr({"tirx.noalias": True})
-        for nb in T.parallel(NB):
-            for mo in T.serial(M // MR):
-                with T.sblock("bsr_rows_tile"):
-                    T.reads()
-                    T.writes()
-                    acc = T.sblock_alloc_buffer((MR, R), "float32")
-                    for mi in T.unroll(MR):
-                        for r in T.vectorized(R):
-                            acc[mi, r] = T.float32(0)
-                    for j in T.serial(indptr[nb + 1] - indptr[nb]):
-                        for c in T.unroll(C):
-                            for mi in T.unroll(MR):
-                                for r in T.vectorized(R):
-                                    acc[mi, r] = acc[mi, r] + x[mo * MR + mi, indices[indptr[nb] + j] * C + c] * data[indptr[nb] + j, c, r]
-                    for mi in T.unroll(MR):
-                        for r in T.vectorized(R):
-                            out[mo * MR + mi, nb * R + r] = act(acc[mi, r] + bias[nb * R + r])
-
-    return _scheduled(kernel, "F32BSRRows")
+    """x [M, K], data [blocks, C, R], indices [blocks], indptr [N/R + 1], bias [N] -> out [M, N].
+    Tile: MR rows of M x the block's R outputs, vectors along R."""
+    R, C = shape.block_rows, shape.block_cols
+    MR = next(t for t in ROW_TILE_CANDIDATES if shape.m % t == 0 and t * R * 4 <= MAX_REGISTER_TILE_BYTES)
+    return _scheduled(
+        _bsr_kernel(
+            shape,
+            activation,
+            tile=(MR, R),
+            rows_per_step=MR,
+            x_shape=(shape.m, shape.k),
+            data_shape=(C, R),
+            product=lambda x, data, block, k, c, a, b, mo: x[mo * MR + a, k] * data[block, c, b],
+            out_row=lambda a, b, mo: mo * MR + a,
+            out_channel=lambda a, b, nb: nb * R + b,
+        ),
+        "F32BSRRows",
+    )
 
 
 def bsr_columns_kernel(shape: BSRShape, activation: str | None = None) -> tirx.PrimFunc:
-    """xT [K, M], data [blocks, R, C], indices [blocks], indptr [N/R + 1], bias [N] -> out [M, N]."""
-    M, K, N, R, C, nnz = shape.m, shape.k, shape.n, shape.block_rows, shape.block_cols, shape.stored_blocks
+    """xT [K, M], data [blocks, R, C], indices [blocks], indptr [N/R + 1], bias [N] -> out [M, N].
+    Tile: the block's R outputs x MT rows of M, vectors along M."""
+    R, C = shape.block_rows, shape.block_cols
+    MT = next(t for t in COLUMN_TILE_CANDIDATES if shape.m % t == 0 and t * R * 4 <= MAX_REGISTER_TILE_BYTES)
+    return _scheduled(
+        _bsr_kernel(
+            shape,
+            activation,
+            tile=(R, MT),
+            rows_per_step=MT,
+            x_shape=(shape.k, shape.m),
+            data_shape=(R, C),
+            product=lambda x, data, block, k, c, a, b, mo: data[block, a, c] * x[k, mo * MT + b],
+            out_row=lambda a, b, mo: mo * MT + b,
+            out_channel=lambda a, b, nb: nb * R + a,
+        ),
+        "F32BSRColumns",
+    )
+
+
+def _bsr_kernel(shape: BSRShape, activation, tile, rows_per_step, x_shape, data_shape, product, out_row, out_channel) -> tirx.PrimFunc:
+    """The loop nest both orders share: block rows in parallel, an A x B register tile (B the
+    vector lanes) per step of `mo`, the nonzero blocks of the block row, then the epilogue. The
+    closures say how tile coordinates map onto x, the block data and the output."""
+    M, N, C, nnz = shape.m, shape.n, shape.block_cols, shape.stored_blocks
     NB = shape.block_row_count
-    MT = next(t for t in COLUMN_TILE_CANDIDATES if M % t == 0 and t * R * 4 <= MAX_REGISTER_TILE_BYTES)
+    A, B = tile
+    steps = M // rows_per_step
     act = _activation(activation)
 
     @T.prim_func(private=True, s_tir=True)
     def kernel(
-        xT: T.Buffer((K, M), "float32"),
-        data: T.Buffer((nnz, R, C), "float32"),
+        x: T.Buffer(x_shape, "float32"),
+        data: T.Buffer((nnz, *data_shape), "float32"),
         indices: T.Buffer((nnz,), "int32"),
         indptr: T.Buffer((NB + 1,), "int32"),
         bias: T.Buffer((N,), "float32"),
@@ -107,24 +114,24 @@ def bsr_columns_kernel(shape: BSRShape, activation: str | None = None) -> tirx.P
     ):
         T.func_attr({"tirx.noalias": True})
         for nb in T.parallel(NB):
-            for mo in T.serial(M // MT):
-                with T.sblock("bsr_columns_tile"):
+            for mo in T.serial(steps):
+                with T.sblock("bsr_tile"):
                     T.reads()
                     T.writes()
-                    acc = T.sblock_alloc_buffer((R, MT), "float32")
-                    for r in T.unroll(R):
-                        for mi in T.vectorized(MT):
-                            acc[r, mi] = T.float32(0)
+                    acc = T.sblock_alloc_buffer((A, B), "float32")
+                    for a in T.unroll(A):
+                        for b in T.vectorized(B):
+                            acc[a, b] = T.float32(0)
                     for j in T.serial(indptr[nb + 1] - indptr[nb]):
                         for c in T.unroll(C):
-                            for r in T.unroll(R):
-                                for mi in T.vectorized(MT):
-                                    acc[r, mi] = acc[r, mi] + data[indptr[nb] + j, r, c] * xT[indices[indptr[nb] + j] * C + c, mo * MT + mi]
-                    for r in T.unroll(R):
-                        for mi in T.vectorized(MT):
-                            out[mo * MT + mi, nb * R + r] = act(acc[r, mi] + bias[nb * R + r])
+                            for a in T.unroll(A):
+                                for b in T.vectorized(B):
+                                    acc[a, b] = acc[a, b] + product(x, data, indptr[nb] + j, indices[indptr[nb] + j] * C + c, c, a, b, mo)
+                    for a in T.unroll(A):
+                        for b in T.vectorized(B):
+                            out[out_row(a, b, mo), out_channel(a, b, nb)] = act(acc[a, b] + bias[out_channel(a, b, nb)])
 
-    return _scheduled(kernel, "F32BSRColumns")
+    return kernel
 
 
 def _scheduled(kernel: tirx.PrimFunc, family: str) -> tirx.PrimFunc:
