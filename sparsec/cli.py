@@ -67,13 +67,19 @@ def compile(model: Path, output: Path | None, target: str, input_shapes: tuple[s
     without TVM's compiler. The file is written atomically: a failed or interrupted compile
     leaves nothing behind.
     """
-    from sparsec.driver import compile_model
-    from sparsec.passes import BSROptions
+    import sparsec
 
     output = output or model.with_suffix(".so")
     progress = None if quiet else (lambda line: click.echo(line, err=True))
-    sparse = BSROptions(sparsity_threshold, _parse_block(block) if block else None)
-    result = compile_model(model, output, target=target, input_shapes=list(input_shapes), progress=progress, sparse=sparse)
+    result = sparsec.compile(
+        model,
+        output,
+        target=target,
+        input_shapes=list(input_shapes),
+        progress=progress,
+        sparsity_threshold=sparsity_threshold,
+        block=_parse_block(block) if block else None,
+    )
     if not quiet:
         size_mb = result.output.stat().st_size / 1e6
         click.echo(f"wrote {result.output} ({size_mb:.1f} MB) for {result.target.describe()} in {result.seconds:.1f}s", err=True)
