@@ -80,6 +80,8 @@ def plan_layer(
             throughput = BSR_THROUGHPUT.get((order, shape), _unmeasured_throughput(order, shape, forced))
             if throughput is None:
                 continue
+            if order == "columns":  # its vectors run along M: below 16 rows they are part empty
+                throughput *= min(m, MIN_ROWS_FOR_COLUMNS_ORDER) / MIN_ROWS_FOR_COLUMNS_ORDER
             seconds = 2.0 * m * n * k * density / (throughput * 1e9)
             if order == "columns":
                 seconds += 2.0 * m * k * 4 / TRANSPOSE_BYTES_PER_SECOND

@@ -81,6 +81,8 @@ def test_block_shape_follows_the_zero_pattern():
     rows_pruned = _weight(768, 768, (16, 1), "pruned").T.copy()
     assert plan_layer(rows_pruned, m=128).block == (16, 1)
     assert plan_layer(rows_pruned, m=1).loop_order == "rows"  # no transpose for a single row
+    # a forced narrow block at batch 1: the columns order's vectors along M would be one lane wide
+    assert plan_layer(weight_nk, m=1, sparsity_threshold=0.0, block=(4, 1)).loop_order == "rows"
 
 
 def test_layer_below_the_threshold_stays_dense(tmp_path):
