@@ -64,8 +64,10 @@ def plan_layer(
     m: int,
     sparsity_threshold: float | None = None,
     block: tuple[int, int] | None = None,
+    input_transposed: bool = False,
 ) -> LayerPlan:
-    """Choose dense or BSR (with block shape and loop order) for out[m, n] = x[m, k] @ W^T."""
+    """Choose dense or BSR (with block shape and loop order) for out[m, n] = x[m, k] @ W^T.
+    `input_transposed`: x^T comes for free (a `columns` producer can write it)."""
     n, k = weight_nk.shape
     sparsity = float(np.count_nonzero(weight_nk == 0) / weight_nk.size)
     dense_seconds = 2.0 * m * n * k / (DENSE_THROUGHPUT * 1e9)
@@ -83,7 +85,7 @@ def plan_layer(
             if order == "columns":  # its vectors run along M: below 16 rows they are part empty
                 throughput *= min(m, MIN_ROWS_FOR_COLUMNS_ORDER) / MIN_ROWS_FOR_COLUMNS_ORDER
             seconds = 2.0 * m * n * k * density / (throughput * 1e9)
-            if order == "columns":
+            if order == "columns" and not input_transposed:
                 seconds += 2.0 * m * k * 4 / TRANSPOSE_BYTES_PER_SECOND
             if best is None or seconds < best[0]:
                 best = (seconds, shape, order, density)

@@ -1,15 +1,19 @@
 """Rewrite matmul/dense layers with constant, sparse-enough weights into BSR kernels.
 
 Pattern: `matmul(x, W)` where W is a constant (or `permute_dims` of one, as Gemm(transB=1)
-imports), optionally followed by `add(., bias)` with a constant [N] bias and then `relu`, each
-intermediate used once. The whole chain becomes one call to a BSR kernel that applies bias and
-activation on its register tile; the dense weight is dropped, only the BSR arrays are kept.
+imports), optionally followed by `add(., bias)` with a constant [N] bias, then `relu` or GELU
+(nn.gelu or its exported erf formula), then `add(., residual)` with a tensor of the output's
+shape, each intermediate used once. The whole chain becomes one call to a BSR kernel that
+applies the epilogue on its register tile; the dense weight is dropped, only the BSR arrays are
+kept. A `columns` layer whose only consumers are `columns` layers writes its output transposed,
+as the [K, M] input they read (FFN up -> GELU -> FFN down): no transpose between them.
 Runs on the imported Relax module, before legalization.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 
 import numpy as np
 import tvm
@@ -17,7 +21,7 @@ from tvm import relax
 from tvm.ir.expr import Constant  # relax.const(...) builds a GenericConst, a Constant
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from sparsec.schedules.f32_bsr_matmul import BSRShape, bsr_columns_kernel, bsr_rows_kernel
+from sparsec.schedules.f32_bsr_matmul import BSREpilogue, BSRShape, bsr_columns_kernel, bsr_rows_kernel
 
 from .block_sparsity import LayerPlan, pack_bsr, plan_layer
 
@@ -40,11 +44,21 @@ class LayerDecision:
 
 @dataclass
 class _Chain:
+    matmul: relax.Var  # the matmul's binding: where the chain starts
     x: relax.Expr
     weight_nk: np.ndarray
     bias: np.ndarray | None
     activation: str | None
+    residual: relax.Expr | None
     out_shape: tuple[int, ...]
+
+
+@dataclass
+class _Layer:
+    chain: _Chain
+    plan: LayerPlan
+    m: int
+    transposed_output: bool = False  # every consumer is a `columns` layer reading it as x^T
 
 
 @tvm.transform.module_pass(opt_level=0, name="sparsec.DenseToBSR")
@@ -54,43 +68,122 @@ class DenseToBSR:
         self.decisions: list[LayerDecision] = []
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rewriter = _Rewriter(mod, self.options, self.decisions)
+        rewriter = _Rewriter(mod)
         for gvar, func in mod.functions_items():
             if isinstance(func, relax.Function):
-                rewriter.chains = _find_chains(func)
+                rewriter.layers = self._plan_layers(_Dataflow(func))
                 rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
         return relax.transform.DeadCodeElimination()(rewriter.builder_.get())
 
+    def _plan_layers(self, graph: _Dataflow) -> dict[relax.Var, _Layer]:
+        """Chain end variable -> its layer, planned, in graph order. A `columns` layer whose
+        consumers are all sparse-candidate layers can hand them x^T instead of x."""
+        chains = _find_chains(graph)
+        chain_starts = {chain.matmul for chain in chains.values()}
 
-def _find_chains(func: relax.Function) -> dict[relax.Var, _Chain]:
-    """End variable of each matmul(+bias)(+relu) chain with a constant weight -> the chain."""
-    bindings = {b.var: b.value for block in func.body.blocks for b in block.bindings}
-    users: dict[relax.Var, list[relax.Var]] = {}
-    for var, value in bindings.items():
-        for used in relax.analysis.free_vars(value):
-            users.setdefault(used, []).append(var)
-    for used in relax.analysis.free_vars(func.body.body):
-        users.setdefault(used, []).append(None)
+        def feeds_only_layers(end: relax.Var) -> bool:
+            consumers = graph.users.get(end, [])
+            return bool(consumers) and all(user in chain_starts and graph.bindings[user].args[0].same_as(end) for user in consumers)
 
-    def only_user(var):
-        found = users.get(var, [])
-        return found[0] if len(found) == 1 and found[0] is not None else None
+        layers: dict[relax.Var, _Layer] = {}
+        for end, chain in chains.items():
+            n, k = chain.weight_nk.shape
+            m = int(np.prod(chain.out_shape[:-1]))
+            producer = layers.get(chain.x)
+            free_transpose = producer is not None and producer.plan.loop_order == "columns" and feeds_only_layers(chain.x)
+            plan = plan_layer(chain.weight_nk, m, self.options.sparsity_threshold, self.options.block, free_transpose)
+            self.decisions.append(LayerDecision(k, n, m, plan))
+            layers[end] = _Layer(chain, plan, m)
+        reads_transposed = {layer.chain.matmul for layer in layers.values() if layer.plan.loop_order == "columns"}
+        for end, layer in layers.items():
+            consumers = graph.users.get(end, [])
+            layer.transposed_output = layer.plan.loop_order == "columns" and feeds_only_layers(end) and all(user in reads_transposed for user in consumers)
+        return layers
 
+
+class _Dataflow:
+    """A function's bindings and, for each variable, the bindings that use it (None: the
+    function's result)."""
+
+    def __init__(self, func: relax.Function):
+        self.bindings = {b.var: b.value for block in func.body.blocks for b in block.bindings}
+        self.users: dict[relax.Var, list[relax.Var | None]] = {}
+        for var, value in self.bindings.items():
+            for used in relax.analysis.free_vars(value):
+                self.users.setdefault(used, []).append(var)
+        for used in relax.analysis.free_vars(func.body.body):
+            self.users.setdefault(used, []).append(None)
+
+    def only_user(self, var: relax.Var) -> relax.Var | None:
+        found = self.users.get(var, [])
+        return found[0] if len(found) == 1 else None
+
+    def only_user_call(self, var: relax.Var, op_name: str) -> relax.Var | None:
+        user = self.only_user(var)
+        return user if user is not None and _is_op(self.bindings[user], op_name) else None
+
+
+def _find_chains(graph: _Dataflow) -> dict[relax.Var, _Chain]:
+    """End variable of each matmul(+bias)(+relu|gelu)(+residual) chain with a constant weight
+    -> the chain. Every intermediate must have no other user."""
     chains = {}
-    for var, value in bindings.items():
-        weight = _constant_weight(value, bindings)
+    for var, value in graph.bindings.items():
+        weight = _constant_weight(value, graph.bindings)
         if weight is None:
             continue
-        end, bias, activation = var, None, None
-        user = only_user(end)
-        if user is not None and _is_op(bindings[user], "relax.add"):
-            bias = _bias_operand(bindings[user], end, weight.shape[0])
+        end, bias, activation, residual = var, None, None, None
+        add = graph.only_user_call(end, "relax.add")
+        if add is not None:
+            bias = _bias_operand(graph.bindings[add], end, weight.shape[0])
             if bias is not None:
-                end, user = user, only_user(user)
-        if user is not None and _is_op(bindings[user], "relax.nn.relu"):
-            end, activation = user, "relu"
-        chains[end] = _Chain(value.args[0], weight, bias, activation, tuple(int(d) for d in end.ty.shape.values))
+                end = add
+        if (relu := graph.only_user_call(end, "relax.nn.relu")) is not None:
+            end, activation = relu, "relu"
+        elif (gelu := _gelu_end(graph, end)) is not None:
+            end, activation = gelu, "gelu"
+        add = graph.only_user_call(end, "relax.add")
+        if add is not None:
+            residual = _residual_operand(graph.bindings[add], end)
+            if residual is not None:
+                end = add
+        chains[end] = _Chain(var, value.args[0], weight, bias, activation, residual, tuple(int(d) for d in end.ty.shape.values))
     return chains
+
+
+def _gelu_end(graph: _Dataflow, x: relax.Var) -> relax.Var | None:
+    """The last binding of gelu(x): relax's nn.gelu, or the erf formula PyTorch exports,
+    x * (erf(x / sqrt(2)) + 1) * 0.5."""
+    if (gelu := graph.only_user_call(x, "relax.nn.gelu")) is not None:
+        return gelu
+    users = graph.users.get(x, [])
+    divide = next((u for u in users if u is not None and _is_op(graph.bindings[u], "relax.divide")), None)
+    if len(users) != 2 or divide is None or not _is_scalar(graph.bindings[divide].args[1], math.sqrt(2.0)):
+        return None
+    erf = graph.only_user_call(divide, "relax.erf")
+    plus_one = graph.only_user_call(erf, "relax.add") if erf is not None else None
+    if plus_one is None or not _other_is_scalar(graph.bindings[plus_one], erf, 1.0):
+        return None
+    times_x = graph.only_user_call(plus_one, "relax.multiply")
+    if times_x is None or times_x not in users or not _other_operand(graph.bindings[times_x], plus_one).same_as(x):
+        return None
+    half = graph.only_user_call(times_x, "relax.multiply")
+    return half if half is not None and _other_is_scalar(graph.bindings[half], times_x, 0.5) else None
+
+
+def _other_operand(call: relax.Call, operand: relax.Expr) -> relax.Expr | None:
+    lhs, rhs = call.args
+    return rhs if lhs.same_as(operand) else lhs if rhs.same_as(operand) else None
+
+
+def _is_scalar(expr: relax.Expr | None, value: float) -> bool:
+    if not isinstance(expr, Constant):
+        return False
+    array = expr.value.numpy()
+    return array.size == 1 and abs(float(array.reshape(())) - value) <= 1e-6 * abs(value)
+
+
+def _other_is_scalar(call: relax.Call, operand: relax.Expr, value: float) -> bool:
+    return _is_scalar(_other_operand(call, operand), value)
 
 
 def _is_op(value: relax.Expr, name: str) -> bool:
@@ -116,8 +209,7 @@ def _constant_weight(value: relax.Expr, bindings) -> np.ndarray | None:
 
 
 def _bias_operand(add: relax.Call, matmul_var: relax.Var, n: int) -> np.ndarray | None:
-    lhs, rhs = add.args
-    other = rhs if lhs.same_as(matmul_var) else lhs if rhs.same_as(matmul_var) else None
+    other = _other_operand(add, matmul_var)
     if isinstance(other, Constant):
         array = other.value.numpy()
         if array.dtype == np.float32 and array.size == n and array.shape[-1] == n:
@@ -125,45 +217,55 @@ def _bias_operand(add: relax.Call, matmul_var: relax.Var, n: int) -> np.ndarray 
     return None
 
 
+def _residual_operand(add: relax.Call, layer_out: relax.Var) -> relax.Expr | None:
+    """The other input of `layer_out + residual` when it is a tensor of the layer's own shape."""
+    other = _other_operand(add, layer_out)
+    if other is None or isinstance(other, Constant) or not isinstance(other.ty, relax.TensorType):
+        return None
+    same_shape = other.ty.shape is not None and [int(d) for d in other.ty.shape.values] == [int(d) for d in layer_out.ty.shape.values]
+    return other if same_shape and other.ty.dtype == "float32" else None
+
+
 @mutator
 class _Rewriter(PyExprMutator):
-    def __init__(self, mod, options: BSROptions, decisions: list[LayerDecision]):
+    def __init__(self, mod):
         super().__init__(mod)
-        self.options = options
-        self.decisions = decisions
-        self.chains: dict[relax.Var, _Chain] = {}
-        self._transposed: dict[relax.Expr, relax.Var] = {}
+        self.layers: dict[relax.Var, _Layer] = {}
+        self._transposed: dict[relax.Expr, relax.Var] = {}  # original x -> x^T as [K, M]
 
     def visit_var_binding_(self, binding) -> None:
-        chain = self.chains.get(binding.var)
-        replacement = self._sparse_layer(chain) if chain is not None else None
-        if replacement is None:
+        layer = self.layers.get(binding.var)
+        if layer is None or not layer.plan.sparse:
             super().visit_var_binding_(binding)
             return
+        out = self._sparse_layer(layer)
+        if layer.transposed_output:  # only `columns` layers read it, as x^T: no [M, N] copy at all
+            self._transposed[binding.var] = out
+            return
         emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) else self.builder_.emit_output
-        self.set_var_remap(binding.var, emit(replacement))
+        self.set_var_remap(binding.var, emit(relax.op.reshape(out, layer.chain.out_shape)))
 
-    def _sparse_layer(self, chain: _Chain) -> relax.Expr | None:
+    def _sparse_layer(self, layer: _Layer) -> relax.Var:
+        chain, plan, m = layer.chain, layer.plan, layer.m
         n, k = chain.weight_nk.shape
-        m = int(np.prod(chain.out_shape[:-1]))
-        plan = plan_layer(chain.weight_nk, m, self.options.sparsity_threshold, self.options.block)
-        self.decisions.append(LayerDecision(k, n, m, plan))
-        if not plan.sparse:
-            return None
         data, indices, indptr = pack_bsr(chain.weight_nk, plan.block, plan.loop_order)
         if indices.size == 0:  # all-zero weight: keep the buffers non-empty; indptr makes every row empty
             indices = np.zeros(1, np.int32)
         shape = BSRShape(m, k, n, plan.block[0], plan.block[1], data.shape[0])
+        epilogue = BSREpilogue(chain.activation, chain.residual is not None, layer.transposed_output)
         make_kernel = bsr_rows_kernel if plan.loop_order == "rows" else bsr_columns_kernel
-        kernel = self.builder_.add_func(make_kernel(shape, chain.activation), f"bsr_{plan.loop_order}_{plan.block[0]}x{plan.block[1]}")
+        name = f"bsr_{plan.loop_order}_{plan.block[0]}x{plan.block[1]}{epilogue.suffix()}"
+        kernel = self.builder_.add_func(make_kernel(shape, epilogue), name)
         if plan.loop_order == "columns":
             x = self._transposed_input(chain.x, m, k)
         else:
             x = self.builder_.emit(relax.op.reshape(self.visit_expr(chain.x), (m, k)))
         bias = chain.bias if chain.bias is not None else np.zeros(n, np.float32)
         args = [x, *(relax.const(a) for a in (data, indices, indptr, bias.astype(np.float32)))]
-        out = self.builder_.emit(relax.call_tir(kernel, relax.Tuple(args), relax.TensorType((m, n), "float32")))
-        return relax.op.reshape(out, chain.out_shape)
+        if chain.residual is not None:
+            args.append(self.builder_.emit(relax.op.reshape(self.visit_expr(chain.residual), (m, n))))
+        out_shape = (n, m) if layer.transposed_output else (m, n)
+        return self.builder_.emit(relax.call_tir(kernel, relax.Tuple(args), relax.TensorType(out_shape, "float32")))
 
     def _transposed_input(self, x: relax.Expr, m: int, k: int) -> relax.Var:
         """x as [K, M], emitted once per input (Q, K and V projections share it)."""

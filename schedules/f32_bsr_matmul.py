@@ -16,7 +16,6 @@ compile times explode, see shared/TVM027.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from tvm import tirx
@@ -24,6 +23,7 @@ from tvm.script import tirx as T
 
 from .apply import SCHEDULE_RULE_ATTR
 from .common import MAX_REGISTER_TILE_BYTES
+from .epilogues import activation
 
 ROW_TILE_CANDIDATES = (8, 4, 2, 1)
 COLUMN_TILE_CANDIDATES = (64, 32, 16, 8, 4, 2, 1)
@@ -43,15 +43,22 @@ class BSRShape:
         return self.n // self.block_rows
 
 
-def _activation(name: str | None) -> Callable:
-    if name is None:
-        return lambda value: value
-    if name == "relu":
-        return lambda value: T.max(value, T.float32(0))
-    raise ValueError(f"unsupported fused activation {name!r}")
+@dataclass(frozen=True)
+class BSREpilogue:
+    """What the kernel does to its register tile before the store:
+    out = activation(acc + bias) (+ residual), stored as [M, N] or, `transposed_output`, [N, M]
+    (the [K, M] input the next `columns` layer reads, without a transpose in between)."""
+
+    activation: str | None = None  # see epilogues.ACTIVATIONS
+    residual: bool = False  # an extra [M, N] input added last
+    transposed_output: bool = False
+
+    def suffix(self) -> str:
+        parts = [self.activation or "", "residual" if self.residual else "", "nm" if self.transposed_output else ""]
+        return "".join(f"_{part}" for part in parts if part)
 
 
-def bsr_rows_kernel(shape: BSRShape, activation: str | None = None) -> tirx.PrimFunc:
+def bsr_rows_kernel(shape: BSRShape, epilogue: BSREpilogue = BSREpilogue()) -> tirx.PrimFunc:
     """x [M, K], data [blocks, C, R], indices [blocks], indptr [N/R + 1], bias [N] -> out [M, N].
     Tile: MR rows of M x the block's R outputs, vectors along R."""
     R, C = shape.block_rows, shape.block_cols
@@ -59,8 +66,9 @@ def bsr_rows_kernel(shape: BSRShape, activation: str | None = None) -> tirx.Prim
     return _scheduled(
         _bsr_kernel(
             shape,
-            activation,
+            epilogue,
             tile=(MR, R),
+            channel_axis="b",
             rows_per_step=MR,
             x_shape=(shape.m, shape.k),
             data_shape=(C, R),
@@ -72,7 +80,7 @@ def bsr_rows_kernel(shape: BSRShape, activation: str | None = None) -> tirx.Prim
     )
 
 
-def bsr_columns_kernel(shape: BSRShape, activation: str | None = None) -> tirx.PrimFunc:
+def bsr_columns_kernel(shape: BSRShape, epilogue: BSREpilogue = BSREpilogue()) -> tirx.PrimFunc:
     """xT [K, M], data [blocks, R, C], indices [blocks], indptr [N/R + 1], bias [N] -> out [M, N].
     Tile: the block's R outputs x MT rows of M, vectors along M."""
     R, C = shape.block_rows, shape.block_cols
@@ -80,8 +88,9 @@ def bsr_columns_kernel(shape: BSRShape, activation: str | None = None) -> tirx.P
     return _scheduled(
         _bsr_kernel(
             shape,
-            activation,
+            epilogue,
             tile=(R, MT),
+            channel_axis="a",
             rows_per_step=MT,
             x_shape=(shape.k, shape.m),
             data_shape=(R, C),
@@ -93,15 +102,27 @@ def bsr_columns_kernel(shape: BSRShape, activation: str | None = None) -> tirx.P
     )
 
 
-def _bsr_kernel(shape: BSRShape, activation, tile, rows_per_step, x_shape, data_shape, product, out_row, out_channel) -> tirx.PrimFunc:
+def _bsr_kernel(shape: BSRShape, epilogue: BSREpilogue, tile, channel_axis, rows_per_step, x_shape, data_shape, product, out_row, out_channel) -> tirx.PrimFunc:
     """The loop nest both orders share: block rows in parallel, an A x B register tile (B the
-    vector lanes) per step of `mo`, the nonzero blocks of the block row, then the epilogue. The
-    closures say how tile coordinates map onto x, the block data and the output."""
+    vector lanes) per step of `mo`, the nonzero blocks of the block row, then the epilogue.
+    `channel_axis` names the tile axis that spans output channels; the closures say how tile
+    coordinates map onto x, the block data and the output."""
     M, N, C, nnz = shape.m, shape.n, shape.block_cols, shape.stored_blocks
     NB = shape.block_row_count
     A, B = tile
     steps = M // rows_per_step
-    act = _activation(activation)
+    act = activation(epilogue.activation)
+    out_shape = (N, M) if epilogue.transposed_output else (M, N)
+    # the store's vector lanes run along the output's contiguous axis, whichever tile axis that is
+    store_lanes_along_b = (channel_axis == "b") != epilogue.transposed_output
+    residual_shape = (M, N) if epilogue.residual else (1,)
+
+    def finish(value, residual, m, n):
+        value = act(value)
+        return value + residual[m, n] if epilogue.residual else value
+
+    def out_index(m, n, axis):  # the output's index along `axis` for element (m, n)
+        return (n, m)[axis] if epilogue.transposed_output else (m, n)[axis]
 
     @T.prim_func(private=True, s_tir=True)
     def kernel(
@@ -110,7 +131,8 @@ def _bsr_kernel(shape: BSRShape, activation, tile, rows_per_step, x_shape, data_
         indices: T.Buffer((nnz,), "int32"),
         indptr: T.Buffer((NB + 1,), "int32"),
         bias: T.Buffer((N,), "float32"),
-        out: T.Buffer((M, N), "float32"),
+        residual: T.Buffer(residual_shape, "float32"),
+        out: T.Buffer(out_shape, "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
         for nb in T.parallel(NB):
@@ -127,11 +149,25 @@ def _bsr_kernel(shape: BSRShape, activation, tile, rows_per_step, x_shape, data_
                             for a in T.unroll(A):
                                 for b in T.vectorized(B):
                                     acc[a, b] = acc[a, b] + product(x, data, indptr[nb] + j, indices[indptr[nb] + j] * C + c, c, a, b, mo)
-                    for a in T.unroll(A):
-                        for b in T.vectorized(B):
-                            out[out_row(a, b, mo), out_channel(a, b, nb)] = act(acc[a, b] + bias[out_channel(a, b, nb)])
+                    if store_lanes_along_b:
+                        for a in T.unroll(A):
+                            for b in T.vectorized(B):
+                                out[out_index(out_row(a, b, mo), out_channel(a, b, nb), 0), out_index(out_row(a, b, mo), out_channel(a, b, nb), 1)] = finish(
+                                    acc[a, b] + bias[out_channel(a, b, nb)], residual, out_row(a, b, mo), out_channel(a, b, nb)
+                                )
+                    else:
+                        for b in T.unroll(B):
+                            for a in T.vectorized(A):
+                                out[out_index(out_row(a, b, mo), out_channel(a, b, nb), 0), out_index(out_row(a, b, mo), out_channel(a, b, nb), 1)] = finish(
+                                    acc[a, b] + bias[out_channel(a, b, nb)], residual, out_row(a, b, mo), out_channel(a, b, nb)
+                                )
 
-    return kernel
+    return kernel if epilogue.residual else _without_param(kernel, "residual")
+
+
+def _without_param(func: tirx.PrimFunc, name: str) -> tirx.PrimFunc:
+    """`func` minus a buffer parameter its body never touches (TVMScript cannot make one optional)."""
+    return tirx.PrimFunc([p for p in func.params if p.name != name], func.body, func.ret_type, func.attrs)
 
 
 def _scheduled(kernel: tirx.PrimFunc, family: str) -> tirx.PrimFunc:

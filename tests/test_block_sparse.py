@@ -1,6 +1,9 @@
 """Pruned layers as BSR kernels: kernel numerics on edge-case weights for every block shape and
 both loop orders, the fused epilogue, the per-layer decision, and pruned models end to end."""
 
+import math
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -70,7 +73,43 @@ def test_bsr_kernels_match_numpy(block, m, pattern):
     bsr_kernels = [name for name in kernels if name.startswith("bsr_")]
     assert len(bsr_kernels) == 1 and bsr_kernels[0].startswith(f"bsr_{decision.plan.loop_order}_{block[0]}x{block[1]}")
     # bias and ReLU run inside the BSR kernel: no other kernel touches the output
-    assert not [name for name in kernels if "add" in name or "relu" in name or "matmul" in name]
+    assert not [name for name in kernels if not name.startswith("bsr_") and ("add" in name or "relu" in name or "matmul" in name)]
+
+
+def _feed_forward_block(w_up: np.ndarray, w_down: np.ndarray, m: int):
+    """x -> matmul + bias -> GELU (the erf formula PyTorch exports) -> matmul + bias -> + x."""
+    hidden = w_up.shape[0]
+    builder = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, m, hidden), "float32"))
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            up = builder.emit(relax.op.add(builder.emit(relax.op.matmul(x, relax.const(w_up))), relax.const(np.full(w_up.shape[1], 0.1, np.float32))))
+            erf = builder.emit(relax.op.erf(builder.emit(relax.op.divide(up, relax.const(np.float32(math.sqrt(2.0)))))))
+            times_x = builder.emit(relax.op.multiply(up, builder.emit(relax.op.add(erf, relax.const(np.float32(1.0))))))
+            gelu = builder.emit(relax.op.multiply(times_x, relax.const(np.float32(0.5))))
+            down = builder.emit(relax.op.add(builder.emit(relax.op.matmul(gelu, relax.const(w_down))), relax.const(np.full(hidden, -0.2, np.float32))))
+            out = builder.emit_output(relax.op.add(x, down))
+        builder.emit_func_output(out)
+    return builder.get()
+
+
+@pytest.mark.parametrize("m", [2, 64])
+def test_gelu_and_residual_fuse_into_the_sparse_kernels(m):
+    w_up, w_down = _weight(256, 512, (4, 1), "pruned"), _weight(512, 256, (4, 1), "pruned")
+    x = RNG.standard_normal((1, m, 256)).astype(np.float32)
+    out, kernels, decisions = _run(_feed_forward_block(w_up, w_down, m), x, BSROptions(0.0, (4, 1)))
+    up = x @ w_up + 0.1
+    gelu = 0.5 * up * (1 + np.vectorize(math.erf)(up / math.sqrt(2.0)))
+    assert_close_relative(out, x + gelu @ w_down - 0.2, 1e-5)
+    # bias, GELU and the residual add run on the register tiles: besides the two kernels only
+    # reshapes (views at build time) and, for the columns order, x's own transpose remain
+    kernels = [name for name in kernels if not re.fullmatch(r"(fused_)?(reshape\d*_?)+", name)]
+    orders = [d.plan.loop_order for d in decisions]
+    transposes = ["fused_reshape_transpose"] if orders[0] == "columns" else []
+    # columns -> columns: the up layer writes x^T for the down layer, no transpose between them
+    up_suffix = "_gelu_nm" if orders == ["columns", "columns"] else "_gelu"
+    assert sorted(kernels) == sorted([f"bsr_{orders[0]}_4x1{up_suffix}", f"bsr_{orders[1]}_4x1_residual", *transposes])
+    assert orders == (["columns", "columns"] if m >= 16 else ["rows", "rows"])
 
 
 def test_block_shape_follows_the_zero_pattern():
