@@ -8,7 +8,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import ScheduleRule
 from tvm.target import Target
 
-from .common import block_iter_kinds, vector_lanes, vectorize_innermost
+from .common import block_iter_kinds, loop_extent, vector_lanes, vectorize_innermost
 
 # Parallel loops shorter than this are not worth a fork-join on the thread pool.
 MIN_PARALLEL_EXTENT = 2
@@ -44,6 +44,8 @@ def schedule_injective_block(sch: s_tir.Schedule, block, lanes: int) -> None:
     if not loops or len(loops) != len(kinds):
         return  # a block with opaque iterators or already nested: leave it serial
     n_leading_spatial = len(kinds) - len(kinds.lstrip("S"))
+    if n_leading_spatial == len(kinds) and _tile_transpose(sch, block, lanes):
+        return
     if n_leading_spatial == len(kinds) and vectorize_innermost(sch, block, lanes):
         outer = sch.get_loops(block)[:-1]
     else:
@@ -54,3 +56,39 @@ def schedule_injective_block(sch: s_tir.Schedule, block, lanes: int) -> None:
     extent = sch.get(fused).extent
     if not isinstance(extent, tirx.IntImm) or int(extent) >= MIN_PARALLEL_EXTENT:
         sch.parallel(fused)
+
+
+def _tile_transpose(sch: s_tir.Schedule, block, lanes: int) -> bool:
+    """A transpose (an input whose contiguous axis follows another output axis than the
+    output's own): copy it in lanes x lanes tiles, so both sides touch whole cache lines;
+    element-wise vectors would gather one element per cache line."""
+    loops = sch.get_loops(block)
+    iter_vars = [iv.var for iv in sch.get(block).iter_vars]
+    axis = _input_contiguous_axis(sch.get(block), iter_vars)
+    if axis is None or axis == len(iter_vars) - 1:
+        return False
+    extents = [loop_extent(sch, loops[axis]), loop_extent(sch, loops[-1])]
+    if any(e is None or e % lanes for e in extents):
+        return False
+    row_outer, row_inner = sch.split(loops[axis], [None, lanes])
+    col_outer, col_inner = sch.split(loops[-1], [None, lanes])
+    outer = [*loops[:axis], row_outer, *loops[axis + 1 : -1], col_outer]
+    sch.reorder(*outer, row_inner, col_inner)
+    sch.parallel(sch.fuse(*outer))
+    sch.unroll(row_inner)
+    sch.vectorize(col_inner)
+    return True
+
+
+def _input_contiguous_axis(block: tirx.stmt.SBlock, iter_vars) -> int | None:
+    """The innermost block axis that drives the last index of the first input read, or None
+    when the input is not read element by element from the block's own axes."""
+    reads = [r for r in block.reads if not r.source.same_as(block.writes[0].source)]
+    if len(reads) != 1 or len(iter_vars) < 2:
+        return None
+    last_index = reads[0].region[-1]
+    if not (isinstance(last_index.extent, tirx.IntImm) and int(last_index.extent) == 1):
+        return None
+    used = tirx.analysis.undefined_vars(last_index.min)
+    axes = [i for i, var in enumerate(iter_vars) if any(var.same_as(u) for u in used)]
+    return axes[-1] if axes else None

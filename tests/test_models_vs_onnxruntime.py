@@ -38,9 +38,9 @@ def test_mlp_batch_one_with_odd_sizes(compile_onnx):
 def test_transformer_encoder(compile_onnx):
     result = _check(compile_onnx, models.transformer_encoder(TINY_ENCODER, seq=32), "encoder")
     rules = set(result.schedules.values())
-    assert {"F32Matmul", "Reduction"} <= rules  # dense + attention matmuls; softmax and layer norm
-    assert any("softmax" in name for name, rule in result.schedules.items() if rule == "Reduction")
-    assert any("layer_norm" in name for name, rule in result.schedules.items() if rule == "Reduction")
+    assert {"F32Matmul", "RowReduction"} <= rules  # dense + attention matmuls; softmax and layer norm
+    assert any("softmax" in name for name, rule in result.schedules.items() if rule == "RowReduction")
+    assert any("layer_norm" in name for name, rule in result.schedules.items() if rule == "RowReduction")
 
 
 def test_transformer_encoder_with_dynamic_dims_fixed_by_input_shape(compile_onnx):

@@ -93,14 +93,16 @@ def _reference_conv(x, w, stride, padding, groups):
     return out
 
 
-def test_softmax_and_layer_norm_take_the_reduction_rule():
-    x, gamma, beta = _rand(4, 33), _rand(33), _rand(33)
+# rows a multiple of the vector width take vector partial sums; odd widths fall back to DLight's rule
+@pytest.mark.parametrize(("shape", "rule"), [((4, 33), "Reduction"), ((6, 256), "RowReduction"), ((2, 3, 768), "RowReduction")])
+def test_softmax_and_layer_norm_rules(shape, rule):
+    x, gamma, beta = _rand(*shape), _rand(shape[-1]), _rand(shape[-1])
     mod = _build({"x": x, "gamma": gamma, "beta": beta}, lambda x, gamma, beta: relax.op.nn.softmax(relax.op.nn.layer_norm(x, gamma, beta, axes=[-1])))
     out, rules = _compile_and_run(mod, [x])
     normed = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * gamma + beta
     expected = np.exp(normed - normed.max(-1, keepdims=True))
     np.testing.assert_allclose(out, expected / expected.sum(-1, keepdims=True), rtol=1e-4, atol=1e-5)
-    assert set(rules.values()) == {"Reduction"}
+    assert set(rules.values()) == {rule}
 
 
 def test_injective_kernel_with_a_shared_bool_intermediate():
@@ -113,4 +115,13 @@ def test_injective_kernel_with_a_shared_bool_intermediate():
 
     out, rules = _compile_and_run(_build({"x": x}, emit), [x])
     np.testing.assert_allclose(out, np.abs(x) + np.where(x < 0, 0, 2 * x), rtol=1e-6)
+    assert set(rules.values()) == {"Injective"}
+
+
+# multiples of the vector width are copied in square tiles, other shapes element-wise
+@pytest.mark.parametrize(("shape", "axes"), [((64, 48), [1, 0]), ((2, 32, 4, 16), [0, 2, 3, 1]), ((5, 7, 3), [2, 0, 1])])
+def test_transposes(shape, axes):
+    x = _rand(*shape)
+    out, rules = _compile_and_run(_build({"x": x}, lambda x: relax.op.add(relax.op.permute_dims(x, axes), relax.const(1.0))), [x])
+    np.testing.assert_array_equal(out, x.transpose(axes) + 1)
     assert set(rules.values()) == {"Injective"}
