@@ -65,14 +65,19 @@ def plan_layer(
     sparsity_threshold: float | None = None,
     block: tuple[int, int] | None = None,
     input_transposed: bool = False,
+    columns_only: bool = False,
 ) -> LayerPlan:
     """Choose dense or BSR (with block shape and loop order) for out[m, n] = x[m, k] @ W^T.
-    `input_transposed`: x^T comes for free (a `columns` producer can write it)."""
+    `input_transposed`: x^T comes for free (a `columns` producer can write it).
+    `columns_only`: the data is laid out for the `columns` order (a 1x1 convolution's NCHW)."""
     n, k = weight_nk.shape
     sparsity = float(np.count_nonzero(weight_nk == 0) / weight_nk.size)
     dense_seconds = 2.0 * m * n * k / (DENSE_THROUGHPUT * 1e9)
     forced = block is not None
-    orders = ("rows",) if m < MIN_ROWS_FOR_COLUMNS_ORDER and not forced else ("rows", "columns")
+    if columns_only:
+        orders = ("columns",)
+    else:
+        orders = ("rows",) if m < MIN_ROWS_FOR_COLUMNS_ORDER and not forced else ("rows", "columns")
     best = None
     for shape in [block] if block is not None else CANDIDATE_BLOCKS:
         if n % shape[0] or k % shape[1]:

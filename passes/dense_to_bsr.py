@@ -44,7 +44,8 @@ class LayerDecision:
 
 @dataclass
 class _Chain:
-    matmul: relax.Var  # the matmul's binding: where the chain starts
+    matmul: relax.Var  # the matmul's (or convolution's) binding: where the chain starts
+    conv: bool  # a 1x1 NCHW convolution: x and the output are channels-major ([K, M], [N, M])
     x: relax.Expr
     weight_nk: np.ndarray
     bias: np.ndarray | None
@@ -58,7 +59,9 @@ class _Layer:
     chain: _Chain
     plan: LayerPlan
     m: int
-    transposed_output: bool = False  # every consumer is a `columns` layer reading it as x^T
+    # the kernel writes [N, M]: a convolution's channels-major output, or a linear layer's whose
+    # every consumer is a `columns` layer reading it as x^T
+    transposed_output: bool = False
 
 
 @tvm.transform.module_pass(opt_level=0, name="sparsec.DenseToBSR")
@@ -88,16 +91,20 @@ class DenseToBSR:
         layers: dict[relax.Var, _Layer] = {}
         for end, chain in chains.items():
             n, k = chain.weight_nk.shape
-            m = int(np.prod(chain.out_shape[:-1]))
+            m = int(np.prod(chain.out_shape)) // n  # rows of x: tokens, or pixels of a 1x1 convolution
             producer = layers.get(chain.x)
-            free_transpose = producer is not None and producer.plan.loop_order == "columns" and feeds_only_layers(chain.x)
-            plan = plan_layer(chain.weight_nk, m, self.options.sparsity_threshold, self.options.block, free_transpose)
+            hands_over = producer is not None and not producer.chain.conv and producer.plan.loop_order == "columns" and feeds_only_layers(chain.x)
+            free_transpose = chain.conv or hands_over
+            plan = plan_layer(chain.weight_nk, m, self.options.sparsity_threshold, self.options.block, free_transpose, columns_only=chain.conv)
             self.decisions.append(LayerDecision(k, n, m, plan))
             layers[end] = _Layer(chain, plan, m)
         reads_transposed = {layer.chain.matmul for layer in layers.values() if layer.plan.loop_order == "columns"}
+        layers_by_start = {layer.chain.matmul: layer for layer in layers.values()}
         for end, layer in layers.items():
             consumers = graph.users.get(end, [])
-            layer.transposed_output = layer.plan.loop_order == "columns" and feeds_only_layers(end) and all(user in reads_transposed for user in consumers)
+            hands_over = feeds_only_layers(end) and all(user in reads_transposed and not layers_by_start[user].chain.conv for user in consumers)
+            linear_hand_over = not layer.chain.conv and layer.chain.residual is None and hands_over
+            layer.transposed_output = layer.plan.loop_order == "columns" and (layer.chain.conv or linear_hand_over)
         return layers
 
 
@@ -128,13 +135,14 @@ def _find_chains(graph: _Dataflow) -> dict[relax.Var, _Chain]:
     -> the chain. Every intermediate must have no other user."""
     chains = {}
     for var, value in graph.bindings.items():
-        weight = _constant_weight(value, graph.bindings)
+        conv = _is_op(value, "relax.nn.conv2d")
+        weight = _pointwise_conv_weight(value, graph.bindings) if conv else _constant_weight(value, graph.bindings)
         if weight is None:
             continue
         end, bias, activation, residual = var, None, None, None
         add = graph.only_user_call(end, "relax.add")
         if add is not None:
-            bias = _bias_operand(graph.bindings[add], end, weight.shape[0])
+            bias = _bias_operand(graph.bindings[add], end, weight.shape[0], -3 if conv else -1, graph.bindings)
             if bias is not None:
                 end = add
         if (relu := graph.only_user_call(end, "relax.nn.relu")) is not None:
@@ -146,7 +154,7 @@ def _find_chains(graph: _Dataflow) -> dict[relax.Var, _Chain]:
             residual = _residual_operand(graph.bindings[add], end)
             if residual is not None:
                 end = add
-        chains[end] = _Chain(var, value.args[0], weight, bias, activation, residual, tuple(int(d) for d in end.ty.shape.values))
+        chains[end] = _Chain(var, conv, value.args[0], weight, bias, activation, residual, tuple(int(d) for d in end.ty.shape.values))
     return chains
 
 
@@ -208,12 +216,38 @@ def _constant_weight(value: relax.Expr, bindings) -> np.ndarray | None:
     return None
 
 
-def _bias_operand(add: relax.Call, matmul_var: relax.Var, n: int) -> np.ndarray | None:
-    other = _other_operand(add, matmul_var)
-    if isinstance(other, Constant):
-        array = other.value.numpy()
-        if array.dtype == np.float32 and array.size == n and array.shape[-1] == n:
-            return array.reshape(n)
+def _pointwise_conv_weight(value: relax.Call, bindings) -> np.ndarray | None:
+    """W as [N, K] for a 1x1, stride-1, unpadded, ungrouped NCHW conv2d with a constant weight."""
+    attrs = value.attrs
+    weight = _constant_array(value.args[1], bindings)
+    plain = (
+        [int(v) for v in attrs.strides] == [1, 1]
+        and not any(int(v) for v in attrs.padding)
+        and [int(v) for v in attrs.dilation] == [1, 1]
+        and int(attrs.groups) == 1
+        and (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) == ("NCHW", "OIHW", "NCHW")
+        and attrs.out_dtype in ("", "void", None, "float32")
+    )
+    if not plain or weight is None or weight.dtype != np.float32 or weight.shape[2:] != (1, 1):
+        return None
+    return np.ascontiguousarray(weight.reshape(weight.shape[:2]))
+
+
+def _constant_array(expr: relax.Expr, bindings) -> np.ndarray | None:
+    """The value of a constant, or of a variable bound to reshape(constant) (ONNX biases)."""
+    if isinstance(expr, relax.Var) and expr in bindings:
+        expr = bindings[expr]
+        if _is_op(expr, "relax.reshape") and isinstance(expr.args[0], Constant):
+            return expr.args[0].value.numpy().reshape([int(d) for d in expr.ty.shape.values])
+    return expr.value.numpy() if isinstance(expr, Constant) else None
+
+
+def _bias_operand(add: relax.Call, layer_out: relax.Var, n: int, channel_axis: int, bindings) -> np.ndarray | None:
+    """A constant with the layer's n channels along `channel_axis` (and size 1 elsewhere)."""
+    other = _other_operand(add, layer_out)
+    array = _constant_array(other, bindings) if other is not None else None
+    if array is not None and array.dtype == np.float32 and array.size == n and array.ndim >= -channel_axis and array.shape[channel_axis] == n:
+        return array.reshape(n)
     return None
 
 
@@ -239,11 +273,14 @@ class _Rewriter(PyExprMutator):
             super().visit_var_binding_(binding)
             return
         out = self._sparse_layer(layer)
-        if layer.transposed_output:  # only `columns` layers read it, as x^T: no [M, N] copy at all
+        if layer.transposed_output and not layer.chain.conv:  # only `columns` layers read it, as x^T
             self._transposed[binding.var] = out
             return
         emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) else self.builder_.emit_output
-        self.set_var_remap(binding.var, emit(relax.op.reshape(out, layer.chain.out_shape)))
+        if layer.chain.conv:
+            self.set_var_remap(binding.var, emit(_from_channels_major(self.builder_, out, layer.chain.out_shape)))
+        else:
+            self.set_var_remap(binding.var, emit(relax.op.reshape(out, layer.chain.out_shape)))
 
     def _sparse_layer(self, layer: _Layer) -> relax.Var:
         chain, plan, m = layer.chain, layer.plan, layer.m
@@ -256,14 +293,17 @@ class _Rewriter(PyExprMutator):
         make_kernel = bsr_rows_kernel if plan.loop_order == "rows" else bsr_columns_kernel
         name = f"bsr_{plan.loop_order}_{plan.block[0]}x{plan.block[1]}{epilogue.suffix()}"
         kernel = self.builder_.add_func(make_kernel(shape, epilogue), name)
-        if plan.loop_order == "columns":
+        if chain.conv:
+            x = _to_channels_major(self.builder_, self.visit_expr(chain.x))
+        elif plan.loop_order == "columns":
             x = self._transposed_input(chain.x, m, k)
         else:
             x = self.builder_.emit(relax.op.reshape(self.visit_expr(chain.x), (m, k)))
         bias = chain.bias if chain.bias is not None else np.zeros(n, np.float32)
         args = [x, *(relax.const(a) for a in (data, indices, indptr, bias.astype(np.float32)))]
         if chain.residual is not None:
-            args.append(self.builder_.emit(relax.op.reshape(self.visit_expr(chain.residual), (m, n))))
+            residual = self.visit_expr(chain.residual)
+            args.append(_to_channels_major(self.builder_, residual) if chain.conv else self.builder_.emit(relax.op.reshape(residual, (m, n))))
         out_shape = (n, m) if layer.transposed_output else (m, n)
         return self.builder_.emit(relax.call_tir(kernel, relax.Tuple(args), relax.TensorType(out_shape, "float32")))
 
@@ -273,3 +313,21 @@ class _Rewriter(PyExprMutator):
             rows = self.builder_.emit(relax.op.reshape(self.visit_expr(x), (m, k)))
             self._transposed[x] = self.builder_.emit(relax.op.permute_dims(rows, [1, 0]))
         return self._transposed[x]
+
+
+def _to_channels_major(builder: relax.BlockBuilder, nchw: relax.Expr) -> relax.Var:
+    """[B, C, H, W] -> [C, B*H*W]: a view for batch 1, a transpose otherwise."""
+    b, c, h, w = (int(d) for d in nchw.ty.shape.values)
+    if b == 1:
+        return builder.emit(relax.op.reshape(nchw, (c, h * w)))
+    per_image = builder.emit(relax.op.permute_dims(builder.emit(relax.op.reshape(nchw, (b, c, h * w))), [1, 0, 2]))
+    return builder.emit(relax.op.reshape(per_image, (c, b * h * w)))
+
+
+def _from_channels_major(builder: relax.BlockBuilder, channels_major: relax.Expr, nchw_shape) -> relax.Expr:
+    """[C, B*H*W] -> [B, C, H, W]."""
+    b, c, h, w = nchw_shape
+    if b == 1:
+        return relax.op.reshape(channels_major, nchw_shape)
+    per_image = builder.emit(relax.op.permute_dims(builder.emit(relax.op.reshape(channels_major, (c, b, h * w))), [1, 0, 2]))
+    return relax.op.reshape(per_image, nchw_shape)

@@ -47,10 +47,11 @@ class BSRShape:
 class BSREpilogue:
     """What the kernel does to its register tile before the store:
     out = activation(acc + bias) (+ residual), stored as [M, N] or, `transposed_output`, [N, M]
-    (the [K, M] input the next `columns` layer reads, without a transpose in between)."""
+    (the [K, M] input the next `columns` layer reads, without a transpose in between, and a 1x1
+    convolution's CHW). The residual is laid out like the output."""
 
     activation: str | None = None  # see epilogues.ACTIVATIONS
-    residual: bool = False  # an extra [M, N] input added last
+    residual: bool = False  # an extra input, laid out like the output, added last
     transposed_output: bool = False
 
     def suffix(self) -> str:
@@ -115,14 +116,14 @@ def _bsr_kernel(shape: BSRShape, epilogue: BSREpilogue, tile, channel_axis, rows
     out_shape = (N, M) if epilogue.transposed_output else (M, N)
     # the store's vector lanes run along the output's contiguous axis, whichever tile axis that is
     store_lanes_along_b = (channel_axis == "b") != epilogue.transposed_output
-    residual_shape = (M, N) if epilogue.residual else (1,)
+    residual_shape = out_shape if epilogue.residual else (1,)
+
+    def out_index(m, n, axis):  # the output's (and residual's) index along `axis` for element (m, n)
+        return (n, m)[axis] if epilogue.transposed_output else (m, n)[axis]
 
     def finish(value, residual, m, n):
         value = act(value)
-        return value + residual[m, n] if epilogue.residual else value
-
-    def out_index(m, n, axis):  # the output's index along `axis` for element (m, n)
-        return (n, m)[axis] if epilogue.transposed_output else (m, n)[axis]
+        return value + residual[out_index(m, n, 0), out_index(m, n, 1)] if epilogue.residual else value
 
     @T.prim_func(private=True, s_tir=True)
     def kernel(

@@ -173,9 +173,10 @@ def _gelu(g: _GraphBuilder, x: str, name: str) -> str:
 
 
 def prune(model: onnx.ModelProto, sparsity: float, block: tuple[int, int] = (1, 1)) -> onnx.ModelProto:
-    """Magnitude-prune the weight of every MatMul/Gemm, per layer: the blocks of smallest L1 norm
-    become exact zeros. `block` is (along the output axis, along the reduction axis), whatever
-    the orientation the weight is stored in: (4, 1) is 4 output rows, (1, 4) 4 reduction steps."""
+    """Magnitude-prune the weight of every MatMul/Gemm and 1x1 Conv, per layer: the blocks of
+    smallest L1 norm become exact zeros. `block` is (along the output axis, along the reduction
+    axis), whatever the orientation the weight is stored in: (4, 1) is 4 output rows, (1, 4) 4
+    reduction steps."""
     pruned = onnx.ModelProto()
     pruned.CopyFrom(model)
     stored_as_output_major = {}  # weight name -> whether rows are output channels
@@ -184,14 +185,18 @@ def prune(model: onnx.ModelProto, sparsity: float, block: tuple[int, int] = (1, 
             stored_as_output_major[node.input[1]] = False  # x @ W: W is [reduction, output]
         elif node.op_type == "Gemm":
             stored_as_output_major[node.input[1]] = any(a.name == "transB" and a.i for a in node.attribute)
+        elif node.op_type == "Conv":
+            stored_as_output_major[node.input[1]] = True  # [out, in, kh, kw]; only 1x1 kernels below
     for init in pruned.graph.initializer:
-        if init.name in stored_as_output_major and len(init.dims) == 2:
+        pointwise = len(init.dims) == 4 and tuple(init.dims[2:]) == (1, 1)
+        if init.name in stored_as_output_major and (len(init.dims) == 2 or pointwise):
             weight = numpy_helper.to_array(init)
+            matrix = weight.reshape(weight.shape[:2])
             if stored_as_output_major[init.name]:
-                weight = _prune_array(weight, sparsity, block)
+                matrix = _prune_array(matrix, sparsity, block)
             else:
-                weight = _prune_array(weight.T, sparsity, block).T
-            init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(weight), init.name))
+                matrix = _prune_array(matrix.T, sparsity, block).T
+            init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(matrix).reshape(weight.shape), init.name))
     return pruned
 
 

@@ -9,7 +9,8 @@ import onnx
 import pytest
 import tvm
 from conftest import TARGET, assert_close_relative, random_feeds
-from onnx_zoo import onnxruntime_outputs
+from onnx import TensorProto, helper, numpy_helper
+from onnx_zoo import light_model, onnxruntime_outputs
 from tvm import relax
 
 import sparsec
@@ -150,6 +151,44 @@ def test_pruned_transformer_encoder_matches_onnxruntime(compile_onnx):
     compiled, result = compile_onnx(model, "pruned_encoder", sparsity_threshold=0.5)
     assert sum(d.plan.sparse for d in result.layers) == 12  # q, k, v, out, up, down per layer
     feeds = random_feeds(compiled, vocab=config.vocab)
+    assert_close_relative(compiled.run(None, feeds)[0], onnxruntime_outputs(model, feeds)[0])
+
+
+def _pointwise_conv_block(channels: int, hidden: int, size: int, batch: int) -> onnx.ModelProto:
+    """x -> Conv1x1 + bias -> Relu -> Conv1x1 + bias -> + x, as a MobileNet/ResNet block exports."""
+    def init(name, shape):
+        return numpy_helper.from_array((RNG.standard_normal(shape) / np.sqrt(shape[1] if len(shape) > 1 else 1)).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="expand"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="project"),
+        helper.make_node("Add", ["c2", "x"], ["y"], name="residual"),
+    ]
+    io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, channels, size, size]) for name in ("x", "y")]
+    weights = [init("w1", (hidden, channels, 1, 1)), init("b1", (hidden,)), init("w2", (channels, hidden, 1, 1)), init("b2", (channels,))]
+    graph = helper.make_graph(nodes, "pointwise_block", io[:1], io[1:], weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_pointwise_convolutions_become_bsr_with_fused_epilogues(compile_onnx, batch):
+    model = models.prune(_pointwise_conv_block(32, 96, 7, batch), 0.9, (4, 1))
+    compiled, result = compile_onnx(model, f"pointwise_b{batch}")
+    assert [d.plan.sparse for d in result.layers] == [True, True]
+    # bias + ReLU and bias + residual run inside the kernels, written straight in NCHW (channels-major)
+    bsr = sorted(name for name, rule in result.schedules.items() if rule == "F32BSRColumns")
+    assert bsr == ["bsr_columns_4x1_relu_nm", "bsr_columns_4x1_residual_nm"]
+    assert "F32Conv2dNCHW" not in result.schedules.values()
+    feeds = random_feeds(compiled)
+    assert_close_relative(compiled.run(None, feeds)[0], onnxruntime_outputs(model, feeds)[0])
+
+
+def test_pruned_squeezenet_matches_onnxruntime(compile_onnx):
+    model = models.prune(light_model("squeezenet"), 0.9, (4, 1))
+    compiled, result = compile_onnx(model, "pruned_squeezenet")
+    assert sum(d.plan.sparse for d in result.layers) >= 10  # the squeeze and 1x1 expand convolutions
+    feeds = random_feeds(compiled)
     assert_close_relative(compiled.run(None, feeds)[0], onnxruntime_outputs(model, feeds)[0])
 
 
