@@ -60,49 +60,10 @@ def generate(out: Path, bases: list[str], int8: bool) -> list[Path]:
             written.append(fp32_path)
             int8_path = model_path(out, base, variant, "int8")
             if int8 and not int8_path.exists():
-                quantize_qdq(fp32_path, int8_path)
+                models.quantize_qdq(fp32_path, int8_path, CALIBRATION_SAMPLES)
             if int8:
                 written.append(int8_path)
     return written
-
-
-def quantize_qdq(source: Path, target: Path) -> None:
-    """Static QDQ quantization: uint8 activations, symmetric per-tensor int8 weights (zeros stay
-    exactly zero), calibrated on random inputs."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class RandomReader(CalibrationDataReader):
-        def __init__(self):
-            self.samples = iter(_calibration_samples(onnx.load(str(source), load_external_data=False)))
-
-        def get_next(self):
-            return next(self.samples, None)
-
-    quantize_static(
-        str(source),
-        str(target),
-        RandomReader(),
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        per_channel=False,
-    )
-
-
-def _calibration_samples(model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(0)
-    vocab = next((int(p.value) for p in model.metadata_props if p.key == "vocab_size"), 2)
-    samples = []
-    for _ in range(CALIBRATION_SAMPLES):
-        feeds = {}
-        for value in model.graph.input:
-            shape = [d.dim_value or 1 for d in value.type.tensor_type.shape.dim]
-            if value.type.tensor_type.elem_type == onnx.TensorProto.INT64:
-                feeds[value.name] = rng.integers(0, vocab, shape).astype(np.int64)
-            else:
-                feeds[value.name] = rng.standard_normal(shape).astype(np.float32)
-        samples.append(feeds)
-    return samples
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from sparsec.schedules.f32_bsr_matmul import BSREpilogue, BSRShape, bsr_columns_kernel, bsr_rows_kernel
 
 from .block_sparsity import LayerPlan, pack_bsr, plan_layer
+from .dataflow import Dataflow, constant_array, is_op, other_operand
 
 
 @dataclass(frozen=True)
@@ -74,11 +75,11 @@ class DenseToBSR:
         rewriter = _Rewriter(mod)
         for gvar, func in mod.functions_items():
             if isinstance(func, relax.Function):
-                rewriter.layers = self._plan_layers(_Dataflow(func))
+                rewriter.layers = self._plan_layers(Dataflow(func))
                 rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
         return relax.transform.DeadCodeElimination()(rewriter.builder_.get())
 
-    def _plan_layers(self, graph: _Dataflow) -> dict[relax.Var, _Layer]:
+    def _plan_layers(self, graph: Dataflow) -> dict[relax.Var, _Layer]:
         """Chain end variable -> its layer, planned, in graph order. A `columns` layer whose
         consumers are all sparse-candidate layers can hand them x^T instead of x."""
         chains = _find_chains(graph)
@@ -108,34 +109,12 @@ class DenseToBSR:
         return layers
 
 
-class _Dataflow:
-    """A function's bindings and, for each variable, the bindings that use it (None: the
-    function's result)."""
-
-    def __init__(self, func: relax.Function):
-        self.bindings = {b.var: b.value for block in func.body.blocks for b in block.bindings}
-        self.users: dict[relax.Var, list[relax.Var | None]] = {}
-        for var, value in self.bindings.items():
-            for used in relax.analysis.free_vars(value):
-                self.users.setdefault(used, []).append(var)
-        for used in relax.analysis.free_vars(func.body.body):
-            self.users.setdefault(used, []).append(None)
-
-    def only_user(self, var: relax.Var) -> relax.Var | None:
-        found = self.users.get(var, [])
-        return found[0] if len(found) == 1 else None
-
-    def only_user_call(self, var: relax.Var, op_name: str) -> relax.Var | None:
-        user = self.only_user(var)
-        return user if user is not None and _is_op(self.bindings[user], op_name) else None
-
-
-def _find_chains(graph: _Dataflow) -> dict[relax.Var, _Chain]:
+def _find_chains(graph: Dataflow) -> dict[relax.Var, _Chain]:
     """End variable of each matmul(+bias)(+relu|gelu)(+residual) chain with a constant weight
     -> the chain. Every intermediate must have no other user."""
     chains = {}
     for var, value in graph.bindings.items():
-        conv = _is_op(value, "relax.nn.conv2d")
+        conv = is_op(value, "relax.nn.conv2d")
         weight = _pointwise_conv_weight(value, graph.bindings) if conv else _constant_weight(value, graph.bindings)
         if weight is None:
             continue
@@ -158,13 +137,13 @@ def _find_chains(graph: _Dataflow) -> dict[relax.Var, _Chain]:
     return chains
 
 
-def _gelu_end(graph: _Dataflow, x: relax.Var) -> relax.Var | None:
+def _gelu_end(graph: Dataflow, x: relax.Var) -> relax.Var | None:
     """The last binding of gelu(x): relax's nn.gelu, or the erf formula PyTorch exports,
     x * (erf(x / sqrt(2)) + 1) * 0.5."""
     if (gelu := graph.only_user_call(x, "relax.nn.gelu")) is not None:
         return gelu
     users = graph.users.get(x, [])
-    divide = next((u for u in users if u is not None and _is_op(graph.bindings[u], "relax.divide")), None)
+    divide = next((u for u in users if u is not None and is_op(graph.bindings[u], "relax.divide")), None)
     if len(users) != 2 or divide is None or not _is_scalar(graph.bindings[divide].args[1], math.sqrt(2.0)):
         return None
     erf = graph.only_user_call(divide, "relax.erf")
@@ -172,15 +151,10 @@ def _gelu_end(graph: _Dataflow, x: relax.Var) -> relax.Var | None:
     if plus_one is None or not _other_is_scalar(graph.bindings[plus_one], erf, 1.0):
         return None
     times_x = graph.only_user_call(plus_one, "relax.multiply")
-    if times_x is None or times_x not in users or not _other_operand(graph.bindings[times_x], plus_one).same_as(x):
+    if times_x is None or times_x not in users or not other_operand(graph.bindings[times_x], plus_one).same_as(x):
         return None
     half = graph.only_user_call(times_x, "relax.multiply")
     return half if half is not None and _other_is_scalar(graph.bindings[half], times_x, 0.5) else None
-
-
-def _other_operand(call: relax.Call, operand: relax.Expr) -> relax.Expr | None:
-    lhs, rhs = call.args
-    return rhs if lhs.same_as(operand) else lhs if rhs.same_as(operand) else None
 
 
 def _is_scalar(expr: relax.Expr | None, value: float) -> bool:
@@ -191,16 +165,12 @@ def _is_scalar(expr: relax.Expr | None, value: float) -> bool:
 
 
 def _other_is_scalar(call: relax.Call, operand: relax.Expr, value: float) -> bool:
-    return _is_scalar(_other_operand(call, operand), value)
-
-
-def _is_op(value: relax.Expr, name: str) -> bool:
-    return isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == name
+    return _is_scalar(other_operand(call, operand), value)
 
 
 def _constant_weight(value: relax.Expr, bindings) -> np.ndarray | None:
     """W^T as [N, K] for matmul(x, W) with a constant 2-D W (possibly behind permute_dims)."""
-    if not _is_op(value, "relax.matmul") or value.attrs.out_dtype not in ("", "void", None, "float32"):
+    if not is_op(value, "relax.matmul") or value.attrs.out_dtype not in ("", "void", None, "float32"):
         return None
     weight = value.args[1]
     if isinstance(weight, relax.Var) and weight in bindings:
@@ -208,7 +178,7 @@ def _constant_weight(value: relax.Expr, bindings) -> np.ndarray | None:
     if isinstance(weight, Constant):
         array = weight.value.numpy()
         return np.ascontiguousarray(array.T) if array.ndim == 2 and array.dtype == np.float32 else None
-    if _is_op(weight, "relax.permute_dims") and isinstance(weight.args[0], Constant):
+    if is_op(weight, "relax.permute_dims") and isinstance(weight.args[0], Constant):
         axes = weight.attrs.axes
         array = weight.args[0].value.numpy()
         if array.ndim == 2 and array.dtype == np.float32 and (axes is None or [int(a) for a in axes] == [1, 0]):
@@ -219,7 +189,7 @@ def _constant_weight(value: relax.Expr, bindings) -> np.ndarray | None:
 def _pointwise_conv_weight(value: relax.Call, bindings) -> np.ndarray | None:
     """W as [N, K] for a 1x1, stride-1, unpadded, ungrouped NCHW conv2d with a constant weight."""
     attrs = value.attrs
-    weight = _constant_array(value.args[1], bindings)
+    weight = constant_array(value.args[1], bindings)
     plain = (
         [int(v) for v in attrs.strides] == [1, 1]
         and not any(int(v) for v in attrs.padding)
@@ -233,19 +203,10 @@ def _pointwise_conv_weight(value: relax.Call, bindings) -> np.ndarray | None:
     return np.ascontiguousarray(weight.reshape(weight.shape[:2]))
 
 
-def _constant_array(expr: relax.Expr, bindings) -> np.ndarray | None:
-    """The value of a constant, or of a variable bound to reshape(constant) (ONNX biases)."""
-    if isinstance(expr, relax.Var) and expr in bindings:
-        expr = bindings[expr]
-        if _is_op(expr, "relax.reshape") and isinstance(expr.args[0], Constant):
-            return expr.args[0].value.numpy().reshape([int(d) for d in expr.ty.shape.values])
-    return expr.value.numpy() if isinstance(expr, Constant) else None
-
-
 def _bias_operand(add: relax.Call, layer_out: relax.Var, n: int, channel_axis: int, bindings) -> np.ndarray | None:
     """A constant with the layer's n channels along `channel_axis` (and size 1 elsewhere)."""
-    other = _other_operand(add, layer_out)
-    array = _constant_array(other, bindings) if other is not None else None
+    other = other_operand(add, layer_out)
+    array = constant_array(other, bindings) if other is not None else None
     if array is not None and array.dtype == np.float32 and array.size == n and array.ndim >= -channel_axis and array.shape[channel_axis] == n:
         return array.reshape(n)
     return None
@@ -253,7 +214,7 @@ def _bias_operand(add: relax.Call, layer_out: relax.Var, n: int, channel_axis: i
 
 def _residual_operand(add: relax.Call, layer_out: relax.Var) -> relax.Expr | None:
     """The other input of `layer_out + residual` when it is a tensor of the layer's own shape."""
-    other = _other_operand(add, layer_out)
+    other = other_operand(add, layer_out)
     if other is None or isinstance(other, Constant) or not isinstance(other.ty, relax.TensorType):
         return None
     same_shape = other.ty.shape is not None and [int(d) for d in other.ty.shape.values] == [int(d) for d in layer_out.ty.shape.values]

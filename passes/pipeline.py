@@ -1,7 +1,7 @@
 """The pass pipeline between the ONNX import and TVM's build.
 
 TVM's default CPU build only legalizes and lowers; this pipeline adds what an inference compiler
-needs: sparse layers rewritten into BSR kernels, fast vectorizable math for exp/erf/tanh, constant folding (weights are transposed once, at
+needs: QDQ layers rewritten into integer kernels, sparse layers rewritten into BSR kernels, fast vectorizable math for exp/erf/tanh, constant folding (weights are transposed once, at
 compile time), fusion of element-wise epilogues into their producers, dead-code removal, and a
 default schedule for every kernel.
 """
@@ -11,17 +11,26 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 from tvm.target import Target
+from tvm.target.codegen import llvm_cpu_has_features
 
 from sparsec.schedules import default_schedule_pass
 
 from .dense_to_bsr import BSROptions, DenseToBSR
+from .qdq_to_int8 import QDQToInt8
 
 
-def optimization_pipeline(target: Target, sparse: DenseToBSR | None = None) -> tvm.transform.Pass:
-    """`sparse`: the DenseToBSR pass to run first (its `decisions` report each layer); default
-    options when None."""
+def has_vnni(target: Target) -> bool:
+    return bool(llvm_cpu_has_features(["avx512vnni"], target))
+
+
+def optimization_pipeline(
+    target: Target, sparse: DenseToBSR | None = None, quantized: QDQToInt8 | None = None
+) -> tvm.transform.Pass:
+    """`sparse`, `quantized`: the DenseToBSR and QDQToInt8 passes to run first (their
+    `decisions` report each layer); default options when None."""
     return tvm.transform.Sequential(
         [
+            quantized if quantized is not None else QDQToInt8(vnni=has_vnni(target)),
             sparse if sparse is not None else DenseToBSR(BSROptions()),
             # exp/erf/tanh as polynomials LLVM can vectorize (libm calls would be scalar).
             relax.transform.FastMathTransform(),

@@ -13,7 +13,7 @@ from tvm import relax
 
 from sparsec.frontend import import_to_relax, load_model
 from sparsec.frontend.loader import parse_input_shapes
-from sparsec.passes import BSROptions, DenseToBSR, LayerDecision, optimization_pipeline
+from sparsec.passes import BSROptions, DenseToBSR, Int8LayerDecision, LayerDecision, QDQToInt8, has_vnni, optimization_pipeline
 from sparsec.runtime.export import attach_metadata, export_atomically
 from sparsec.runtime.metadata import ArtifactMetadata, TensorInfo
 from sparsec.schedules import SCHEDULE_RULE_ATTR
@@ -26,7 +26,8 @@ class CompileResult:
     target: TargetSpec
     seconds: float
     schedules: dict[str, str] = field(default_factory=dict)  # kernel name -> schedule rule
-    layers: list[LayerDecision] = field(default_factory=list)  # weighted layers, graph order
+    layers: list[LayerDecision] = field(default_factory=list)  # float weighted layers, graph order
+    int8_layers: list[Int8LayerDecision] = field(default_factory=list)  # QDQ layers on integer kernels
 
 
 def compile_model(
@@ -48,9 +49,10 @@ def compile_model(
     tvm_target = spec.to_tvm()
     say(f"optimizing and scheduling for {spec.describe()}")
     sparse_pass = DenseToBSR(sparse)
+    int8_pass = QDQToInt8(vnni=has_vnni(tvm_target))
     with tvm_target:
-        mod = optimization_pipeline(tvm_target, sparse_pass)(mod)
-    for line in layer_summary(sparse_pass.decisions):
+        mod = optimization_pipeline(tvm_target, sparse_pass, int8_pass)(mod)
+    for line in int8_summary(int8_pass.decisions) + layer_summary(sparse_pass.decisions):
         say(line)
     metadata = ArtifactMetadata(
         inputs=tuple(TensorInfo(s.name, s.shape, s.dtype, s.value_range) for s in loaded.inputs),
@@ -65,7 +67,7 @@ def compile_model(
     executable = tvm.compile(mod, tvm_target)
     say(f"writing {output}")
     export_atomically(executable, Path(output))
-    return CompileResult(Path(output), spec, time.perf_counter() - started, schedules, sparse_pass.decisions)
+    return CompileResult(Path(output), spec, time.perf_counter() - started, schedules, sparse_pass.decisions, int8_pass.decisions)
 
 
 def layer_summary(decisions: list[LayerDecision]) -> list[str]:
@@ -79,6 +81,12 @@ def layer_summary(decisions: list[LayerDecision]) -> list[str]:
             f"sparsity {plan.sparsity:6.1%}  stored {plan.density:6.1%}  est. {plan.estimated_speedup:4.1f}x vs dense"
         )
     return lines
+
+
+def int8_summary(decisions: list[Int8LayerDecision]) -> list[str]:
+    """One line per QDQ layer compiled to integer compute, with the instruction path it took."""
+    paths = {"vnni": "int8 VNNI (vpdpbusd)", "generic": "int8 (no VNNI)"}
+    return [f"  int8 layer {i}: {d.m}x{d.k} @ {d.k}x{d.n}  {paths[d.path]}" for i, d in enumerate(decisions)]
 
 
 def _output_infos(mod: tvm.IRModule, names: list[str]) -> tuple[TensorInfo, ...]:

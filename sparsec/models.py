@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -211,3 +213,50 @@ def _prune_array(w: np.ndarray, sparsity: float, block: tuple[int, int]) -> np.n
     keep[np.argsort(norms, axis=None, kind="stable")[:n_pruned]] = False
     mask = np.repeat(np.repeat(keep.reshape(norms.shape), br, axis=0), bc, axis=1)
     return np.where(mask[: w.shape[0], : w.shape[1]], w, 0).astype(w.dtype)
+
+
+def quantize_qdq(
+    source: str | Path,
+    target: str | Path,
+    samples: int = 8,
+    per_channel: bool = False,
+    activations: str = "uint8",
+) -> None:
+    """Static QDQ quantization with onnxruntime.quantization, as users export them: `activations`
+    uint8 or int8 (with zero points), symmetric int8 weights, per tensor or per output channel
+    (zeros stay exactly zero), calibrated on `samples` random inputs (token ids within the
+    model's `vocab_size`)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class RandomReader(CalibrationDataReader):
+        def __init__(self):
+            self.samples = iter(_random_samples(onnx.load(str(source), load_external_data=False), samples))
+
+        def get_next(self):
+            return next(self.samples, None)
+
+    quantize_static(
+        str(source),
+        str(target),
+        RandomReader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=per_channel,
+    )
+
+
+def _random_samples(model: onnx.ModelProto, count: int) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    vocab = next((int(p.value) for p in model.metadata_props if p.key == "vocab_size"), 2)
+    samples = []
+    for _ in range(count):
+        feeds = {}
+        for value in model.graph.input:
+            shape = [d.dim_value or 1 for d in value.type.tensor_type.shape.dim]
+            if value.type.tensor_type.elem_type == onnx.TensorProto.INT64:
+                feeds[value.name] = rng.integers(0, vocab, shape).astype(np.int64)
+            else:
+                feeds[value.name] = rng.standard_normal(shape).astype(np.float32)
+        samples.append(feeds)
+    return samples

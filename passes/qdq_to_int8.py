@@ -1,0 +1,184 @@
+"""Rewrite QDQ layers into integer kernels.
+
+Pattern (what QuantizeLinear/DequantizeLinear around MatMul/Gemm import as):
+    matmul(dequantize(q, sx, zx), W')  [+ bias] [relu]
+where q is a uint8/int8 activation tensor with per-tensor scale and zero point, and W' is
+dequantize(W, sw, 0) of a constant int8 weight (per-tensor or per-output-channel scales,
+symmetric), possibly behind permute_dims (Gemm transB=1). The bias is a float constant or
+dequantize(int32 constant). The chain becomes one u8 x s8 -> int32 kernel with the dequantize
+(and bias, activation) epilogue; the float weight never exists. int8 activations are shifted
+into uint8 (+128, with the zero point) because vpdpbusd multiplies unsigned by signed bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from sparsec.schedules.u8s8_matmul import GROUP, Int8MatmulShape, pack_weight, u8s8_matmul_kernel
+
+from .dataflow import Dataflow, constant_array, is_op, other_operand
+
+
+@dataclass
+class Int8LayerDecision:
+    """One quantized layer, in graph order, for the compile summary."""
+
+    k: int
+    n: int
+    m: int
+    path: str  # "vnni" | "generic"
+
+
+@dataclass
+class _QuantizedChain:
+    activations: relax.Expr  # q: uint8 or int8
+    zero_point: int  # of q, in its own dtype
+    scale: float  # of q
+    weight_nk: np.ndarray  # int8
+    weight_scale: np.ndarray  # [N] float32
+    bias: np.ndarray | None
+    activation: str | None
+    out_shape: tuple[int, ...]
+
+
+@tvm.transform.module_pass(opt_level=0, name="sparsec.QDQToInt8")
+class QDQToInt8:
+    def __init__(self, vnni: bool):
+        self.vnni = vnni
+        self.decisions: list[Int8LayerDecision] = []
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        rewriter = _Rewriter(mod, self.vnni, self.decisions)
+        for gvar, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                rewriter.chains = _find_chains(Dataflow(func))
+                rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+        return relax.transform.DeadCodeElimination()(rewriter.builder_.get())
+
+
+def _find_chains(graph: Dataflow) -> dict[relax.Var, _QuantizedChain]:
+    chains = {}
+    for var, value in graph.bindings.items():
+        if not is_op(value, "relax.matmul"):
+            continue
+        activations = _quantized_activations(value.args[0], graph.bindings)
+        weight = _quantized_weight(value.args[1], graph.bindings)
+        if activations is None or weight is None:
+            continue
+        weight_nk, weight_scale = weight
+        end, bias, activation = var, None, None
+        add = graph.only_user_call(end, "relax.add")
+        if add is not None and (bias := _bias(other_operand(graph.bindings[add], end), weight_nk.shape[0], graph.bindings)) is not None:
+            end = add
+        if (relu := graph.only_user_call(end, "relax.nn.relu")) is not None:
+            end, activation = relu, "relu"
+        out_shape = tuple(int(d) for d in end.ty.shape.values)
+        chains[end] = _QuantizedChain(*activations, weight_nk, weight_scale, bias, activation, out_shape)
+    return chains
+
+
+def _dequantize_args(expr: relax.Expr, bindings):
+    """(data, scale array, zero-point array, axis) when expr is (bound to) a dequantize with
+    constant scale and zero point."""
+    value = bindings.get(expr, expr) if isinstance(expr, relax.Var) else expr
+    if not is_op(value, "relax.dequantize"):
+        return None
+    scale, zero_point = constant_array(value.args[1], bindings), constant_array(value.args[2], bindings)
+    if scale is None or zero_point is None:
+        return None
+    return value.args[0], scale, zero_point, int(value.attrs.axis)
+
+
+def _quantized_activations(expr: relax.Expr, bindings) -> tuple[relax.Expr, int, float] | None:
+    found = _dequantize_args(expr, bindings)
+    if found is None:
+        return None
+    data, scale, zero_point, _ = found
+    if data.ty.dtype not in ("uint8", "int8") or scale.size != 1 or zero_point.size != 1:
+        return None  # per-channel activations: not a per-tensor quantized input
+    return data, int(zero_point.reshape(())), float(scale.reshape(()))
+
+
+def _quantized_weight(expr: relax.Expr, bindings) -> tuple[np.ndarray, np.ndarray] | None:
+    """(int8 W as [N, K], per-output-channel scales [N]) for a symmetric constant weight."""
+    value = bindings.get(expr, expr) if isinstance(expr, relax.Var) else expr
+    transposed = is_op(value, "relax.permute_dims")  # Gemm transB=1: stored [N, K]
+    if transposed:
+        axes = value.attrs.axes
+        if axes is not None and [int(a) for a in axes] != [1, 0]:
+            return None
+        value = value.args[0]
+    found = _dequantize_args(value, bindings)
+    if found is None:
+        return None
+    data, scale, zero_point, axis = found
+    stored = constant_array(data, bindings)
+    if stored is None or stored.dtype != np.int8 or stored.ndim != 2 or np.any(zero_point != 0):
+        return None
+    weight_nk = stored if transposed else stored.T
+    output_axis = 0 if transposed else 1
+    n = weight_nk.shape[0]
+    if scale.size == 1:
+        scales = np.full(n, float(scale.reshape(())), np.float32)
+    elif scale.size == n and axis % 2 == output_axis:
+        scales = scale.reshape(n).astype(np.float32)
+    else:
+        return None  # scales along the reduction axis cannot move past the sum
+    return np.ascontiguousarray(weight_nk), scales
+
+
+def _bias(expr: relax.Expr | None, n: int, bindings) -> np.ndarray | None:
+    if expr is None:
+        return None
+    found = _dequantize_args(expr, bindings)
+    if found is not None:
+        data, scale, zero_point, _ = found
+        stored = constant_array(data, bindings)
+        array = None if stored is None else (stored.astype(np.float64) - zero_point) * scale
+    else:
+        array = constant_array(expr, bindings)
+    if array is None or array.size != n or array.shape[-1] != n:
+        return None
+    return array.reshape(n).astype(np.float32)
+
+
+@mutator
+class _Rewriter(PyExprMutator):
+    def __init__(self, mod, vnni: bool, decisions: list[Int8LayerDecision]):
+        super().__init__(mod)
+        self.vnni = vnni
+        self.decisions = decisions
+        self.chains: dict[relax.Var, _QuantizedChain] = {}
+
+    def visit_var_binding_(self, binding) -> None:
+        chain = self.chains.get(binding.var)
+        if chain is None:
+            super().visit_var_binding_(binding)
+            return
+        emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) else self.builder_.emit_output
+        self.set_var_remap(binding.var, emit(relax.op.reshape(self._int8_layer(chain), chain.out_shape)))
+
+    def _int8_layer(self, chain: _QuantizedChain) -> relax.Var:
+        n, k = chain.weight_nk.shape
+        m = int(np.prod(chain.out_shape)) // n
+        vnni = self.vnni and k % GROUP == 0
+        self.decisions.append(Int8LayerDecision(k, n, m, "vnni" if vnni else "generic"))
+        shape = Int8MatmulShape(m, k, n)
+        x = self.builder_.emit(relax.op.reshape(self.visit_expr(chain.activations), (m, k)))
+        zero_point = chain.zero_point
+        if chain.activations.ty.dtype == "int8":  # s8 -> u8: x + 128, zero point + 128
+            shifted = relax.op.add(relax.op.astype(x, "int32"), relax.const(128, "int32"))
+            x = self.builder_.emit(relax.op.astype(shifted, "uint8"))
+            zero_point += 128
+        padding = shape.padded_n - n
+        compensation = np.pad(zero_point * chain.weight_nk.astype(np.int32).sum(axis=1), (0, padding)).astype(np.int32)
+        scale = np.pad(chain.scale * chain.weight_scale, (0, padding)).astype(np.float32)
+        bias = np.pad(chain.bias if chain.bias is not None else np.zeros(n, np.float32), (0, padding)).astype(np.float32)
+        kernel = self.builder_.add_func(u8s8_matmul_kernel(shape, vnni, chain.activation), f"u8s8_matmul_{'vnni' if vnni else 'generic'}")
+        args = [x, *(relax.const(a) for a in (pack_weight(chain.weight_nk, vnni), compensation, scale, bias))]
+        return self.builder_.emit(relax.call_tir(kernel, relax.Tuple(args), relax.TensorType((m, n), "float32")))

@@ -1,0 +1,114 @@
+"""Integer dense layers: out[M, N] = act((x[M, K] . W[N, K] - zx * colsum(W)[n]) * scale[n] + bias[n])
+with x uint8 (activations, zero point zx), W int8 (symmetric), int32 accumulation, and a float
+dequantize epilogue (scale[n] = x scale * W scale of channel n).
+
+Two instruction paths, chosen by the target:
+- `vnni` (AVX-512 VNNI): vpdpbusd multiplies 4 consecutive u8 activations by 4 s8 weights of each
+  of 16 output channels and adds the 4 products to 16 int32 lanes. Weights are packed
+  [N/16, K/4, 16, 4] so one 64-byte load feeds one instruction; a tile of MR rows reuses it.
+- `generic`: the same tile with widening int32 multiply-adds, vectorized by LLVM (no saturating
+  16-bit intermediate, so any u8/s8 values are exact). K needs no padding here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import tirx
+from tvm.script import tirx as T
+
+from .apply import SCHEDULE_RULE_ATTR
+from .epilogues import activation
+
+LANES = 16  # int32 lanes of one 512-bit register: output channels per vpdpbusd
+GROUP = 4  # reduction elements per vpdpbusd lane
+ROW_TILE_CANDIDATES = (8, 4, 2, 1)
+
+
+@dataclass(frozen=True)
+class Int8MatmulShape:
+    m: int
+    k: int
+    n: int
+
+    @property
+    def padded_n(self) -> int:
+        return -(-self.n // LANES) * LANES
+
+    @property
+    def padded_k(self) -> int:
+        return -(-self.k // GROUP) * GROUP
+
+
+def pack_weight(weight_nk: np.ndarray, vnni: bool) -> np.ndarray:
+    """int8 [N, K], zero-padded, as the kernel reads it: [N/16, K/4, 16, 4] for vnni (one 64-byte
+    vector per block and k group), else [K, N] (16 channels contiguous per k)."""
+    n, k = weight_nk.shape
+    shape = Int8MatmulShape(1, k, n)
+    padded = np.zeros((shape.padded_n, shape.padded_k), np.int8)
+    padded[:n, :k] = weight_nk
+    if not vnni:
+        return np.ascontiguousarray(padded[:, :k].T)
+    return np.ascontiguousarray(padded.reshape(shape.padded_n // LANES, LANES, shape.padded_k // GROUP, GROUP).transpose(0, 2, 1, 3))
+
+
+def u8s8_matmul_kernel(shape: Int8MatmulShape, vnni: bool, activation_name: str | None = None) -> tirx.PrimFunc:
+    """x u8 [M, K'] (K' = K padded to 4 for vnni), packed W, compensation i32 [N'], scale f32 [N'],
+    bias f32 [N'] -> out f32 [M, N]. N' = N padded to 16."""
+    M, N = shape.m, shape.n
+    K = shape.padded_k if vnni else shape.k
+    NB, KG = shape.padded_n // LANES, shape.padded_k // GROUP
+    MR = next(t for t in ROW_TILE_CANDIDATES if M % t == 0)
+    act = activation(activation_name)
+    ragged_n = N % LANES != 0
+    weight_shape = (NB, KG, LANES, GROUP) if vnni else (K, shape.padded_n)
+
+    def channel(nb, lane):
+        return nb * LANES + lane
+
+    @T.prim_func(private=True, s_tir=True)
+    def kernel(
+        x: T.Buffer((M, K), "uint8"),
+        w: T.Buffer(weight_shape, "int8"),
+        compensation: T.Buffer((shape.padded_n,), "int32"),
+        scale: T.Buffer((shape.padded_n,), "float32"),
+        bias: T.Buffer((shape.padded_n,), "float32"),
+        out: T.Buffer((M, N), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        for nb in T.parallel(NB):
+            for mo in T.serial(M // MR):
+                with T.sblock("int8_tile"):
+                    T.reads()
+                    T.writes()
+                    acc = T.sblock_alloc_buffer((MR, LANES), "int32")
+                    for r in T.unroll(MR):
+                        for lane in T.vectorized(LANES):
+                            acc[r, lane] = 0
+                    if vnni:
+                        for kg in T.serial(KG):
+                            for r in T.unroll(MR):
+                                acc[r, T.ramp(0, 1, LANES)] = T.call_llvm_pure_intrin(
+                                    T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                                    acc.vload([r, 0], "int32x16"),
+                                    # LLVM 22's signature takes both byte operands as <64 x i8>
+                                    T.reinterpret(T.broadcast(T.reinterpret(x.vload([mo * MR + r, kg * GROUP], "uint8x4"), dtype="int32"), LANES), dtype="int8x64"),
+                                    w.vload([nb, kg, 0, 0], "int8x64"),
+                                    dtype="int32x16",
+                                )
+                    else:
+                        for kk in T.serial(K):
+                            for r in T.unroll(MR):
+                                for lane in T.vectorized(LANES):
+                                    acc[r, lane] = acc[r, lane] + T.Cast("int32", x[mo * MR + r, kk]) * T.Cast("int32", w[kk, channel(nb, lane)])
+                    for r in T.unroll(MR):
+                        for lane in T.vectorized(LANES):
+                            if not ragged_n or channel(nb, lane) < N:
+                                out[mo * MR + r, channel(nb, lane)] = act(
+                                    T.Cast("float32", acc[r, lane] - compensation[channel(nb, lane)]) * scale[channel(nb, lane)]
+                                    + bias[channel(nb, lane)]
+                                )
+
+    family = "U8S8MatmulVNNI" if vnni else "U8S8Matmul"
+    return kernel.with_attr("tirx.is_scheduled", True).with_attr(SCHEDULE_RULE_ATTR, family)

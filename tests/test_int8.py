@@ -1,0 +1,92 @@
+"""QDQ models on integer kernels: the u8 x s8 kernels against numpy on odd shapes, QDQ graphs
+(onnxruntime.quantization: Gemm and MatMul, per-tensor and per-channel weights, u8 and s8
+activations) against onnxruntime within one output quantization step, and the instruction path
+each target gets (vpdpbusd in the artifact for VNNI targets, none without)."""
+
+import subprocess
+
+import numpy as np
+import onnx
+import pytest
+import tvm
+from conftest import TARGET, random_feeds
+from onnx import numpy_helper
+from onnx_zoo import onnxruntime_outputs
+
+from sparsec import models
+from sparsec.schedules.u8s8_matmul import Int8MatmulShape, pack_weight, u8s8_matmul_kernel
+from sparsec.target import parse_target
+
+RNG = np.random.default_rng(0)
+
+
+@pytest.mark.parametrize("vnni", [True, False])
+@pytest.mark.parametrize(("m", "k", "n"), [(1, 64, 48), (6, 30, 20), (16, 128, 100)])
+def test_u8s8_kernel_matches_numpy(vnni, m, k, n):
+    shape = Int8MatmulShape(m, k, n)
+    x = RNG.integers(0, 256, (m, k)).astype(np.uint8)
+    w = RNG.integers(-128, 128, (n, k)).astype(np.int8)  # the full range: no 16-bit saturation allowed
+    zero_point, x_scale = 131, 0.02
+    w_scale, bias = RNG.uniform(1e-3, 1e-2, n).astype(np.float32), RNG.standard_normal(n).astype(np.float32)
+
+    def padded(a):
+        return np.pad(a, (0, shape.padded_n - n)).astype(a.dtype)
+
+    compensation = padded(zero_point * w.astype(np.int32).sum(axis=1)).astype(np.int32)
+    x_in = np.pad(x, ((0, 0), (0, shape.padded_k - k))) if vnni else x
+    args = [x_in, pack_weight(w, vnni), compensation, padded(x_scale * w_scale), padded(bias), np.zeros((m, n), np.float32)]
+    func = u8s8_matmul_kernel(shape, vnni, "relu").with_attr("global_symbol", "main")
+    target = parse_target(TARGET).to_tvm() if vnni else parse_target("llvm -mcpu=skylake-avx512").to_tvm()
+    lib = tvm.tirx.build(tvm.IRModule({"main": func}), target=target)
+    buffers = [tvm.runtime.tensor(a) for a in args]
+    lib["main"](*buffers)
+    exact = (x.astype(np.int64) - zero_point) @ w.T.astype(np.int64)
+    np.testing.assert_allclose(buffers[-1].numpy(), np.maximum(exact * (x_scale * w_scale) + bias, 0), rtol=1e-5, atol=1e-5)
+
+
+def _output_step(model: onnx.ModelProto) -> float:
+    """The scale of the DequantizeLinear that produces the graph's output."""
+    producer = next(node for node in model.graph.node if node.output[0] == model.graph.output[0].name)
+    assert producer.op_type == "DequantizeLinear"
+    scales = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    return float(scales[producer.input[1]])
+
+
+def _qdq_mlp(tmp_path, form, per_channel, activations, batch=4):
+    source, target = tmp_path / "fp32.onnx", tmp_path / "qdq.onnx"
+    onnx.save(models.mlp((64, 128, 96, 16), batch=batch, form=form), str(source))
+    models.quantize_qdq(source, target, per_channel=per_channel, activations=activations)
+    return onnx.load(str(target))
+
+
+@pytest.mark.parametrize("form", ["gemm", "matmul"])
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("activations", ["uint8", "int8"])
+def test_qdq_mlp_matches_onnxruntime(compile_onnx, tmp_path, form, per_channel, activations):
+    model = _qdq_mlp(tmp_path, form, per_channel, activations)
+    compiled, result = compile_onnx(model, "qdq_mlp")
+    assert [d.path for d in result.int8_layers] == ["vnni"] * 3  # the host (Zen 4) has VNNI
+    feeds = random_feeds(compiled)
+    difference = np.abs(compiled.run(None, feeds)[0] - onnxruntime_outputs(model, feeds)[0]).max()
+    assert difference <= _output_step(model) * 1.001, difference
+
+
+def _disassembly(path) -> str:
+    return subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(path)], capture_output=True, text=True, check=True).stdout
+
+
+def test_vnni_target_emits_vpdpbusd(compile_onnx, tmp_path):
+    model = _qdq_mlp(tmp_path, "gemm", False, "uint8")
+    _, result = compile_onnx(model, "cascadelake", target="llvm -mcpu=cascadelake")
+    assert {d.path for d in result.int8_layers} == {"vnni"}
+    assert "vpdpbusd" in _disassembly(result.output)
+
+
+def test_target_without_vnni_takes_the_generic_integer_path(compile_onnx, tmp_path):
+    model = _qdq_mlp(tmp_path, "matmul", True, "int8")
+    compiled, result = compile_onnx(model, "skylake", target="llvm -mcpu=skylake-avx512")
+    assert {d.path for d in result.int8_layers} == {"generic"}
+    assert "vpdpbusd" not in _disassembly(result.output)
+    feeds = random_feeds(compiled)
+    difference = np.abs(compiled.run(None, feeds)[0] - onnxruntime_outputs(model, feeds)[0]).max()
+    assert difference <= _output_step(model) * 1.001, difference
