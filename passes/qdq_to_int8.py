@@ -2,6 +2,7 @@
 
 Pattern (what QuantizeLinear/DequantizeLinear around MatMul/Gemm import as):
     matmul(dequantize(q, sx, zx), W')  [+ bias] [relu]
+[quantize(., so, zo)]
 where q is a uint8/int8 activation tensor with per-tensor scale and zero point, and W' is
 dequantize(W, sw, 0) of a constant int8 weight (per-tensor or per-output-channel scales,
 symmetric), possibly behind permute_dims (Gemm transB=1). The bias is a float constant or
@@ -19,7 +20,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from sparsec.schedules.u8s8_matmul import GROUP, Int8MatmulShape, pack_weight, u8s8_matmul_kernel
+from sparsec.schedules.u8s8_matmul import GROUP, Int8MatmulShape, Requantize, pack_weight, u8s8_matmul_kernel
 
 from .dataflow import Dataflow, constant_array, is_op, other_operand
 
@@ -43,6 +44,7 @@ class _QuantizedChain:
     weight_scale: np.ndarray  # [N] float32
     bias: np.ndarray | None
     activation: str | None
+    requantize: Requantize | None
     out_shape: tuple[int, ...]
 
 
@@ -77,8 +79,12 @@ def _find_chains(graph: Dataflow) -> dict[relax.Var, _QuantizedChain]:
             end = add
         if (relu := graph.only_user_call(end, "relax.nn.relu")) is not None:
             end, activation = relu, "relu"
+        requantize = None
+        if (quantize := graph.only_user_call(end, "relax.quantize")) is not None:
+            requantize = _output_quantization(graph.bindings[quantize], graph.bindings)
+            end = quantize if requantize is not None else end
         out_shape = tuple(int(d) for d in end.ty.shape.values)
-        chains[end] = _QuantizedChain(*activations, weight_nk, weight_scale, bias, activation, out_shape)
+        chains[end] = _QuantizedChain(*activations, weight_nk, weight_scale, bias, activation, requantize, out_shape)
     return chains
 
 
@@ -132,6 +138,15 @@ def _quantized_weight(expr: relax.Expr, bindings) -> tuple[np.ndarray, np.ndarra
     return np.ascontiguousarray(weight_nk), scales
 
 
+def _output_quantization(quantize: relax.Call, bindings) -> Requantize | None:
+    """The layer's own output QuantizeLinear, per tensor: it moves into the kernel's epilogue."""
+    scale, zero_point = constant_array(quantize.args[1], bindings), constant_array(quantize.args[2], bindings)
+    dtype = str(quantize.attrs.out_dtype)
+    if scale is None or zero_point is None or scale.size != 1 or zero_point.size != 1 or dtype not in ("uint8", "int8"):
+        return None
+    return Requantize(float(scale.reshape(())), int(zero_point.reshape(())), dtype)
+
+
 def _bias(expr: relax.Expr | None, n: int, bindings) -> np.ndarray | None:
     if expr is None:
         return None
@@ -179,6 +194,9 @@ class _Rewriter(PyExprMutator):
         compensation = np.pad(zero_point * chain.weight_nk.astype(np.int32).sum(axis=1), (0, padding)).astype(np.int32)
         scale = np.pad(chain.scale * chain.weight_scale, (0, padding)).astype(np.float32)
         bias = np.pad(chain.bias if chain.bias is not None else np.zeros(n, np.float32), (0, padding)).astype(np.float32)
-        kernel = self.builder_.add_func(u8s8_matmul_kernel(shape, vnni, chain.activation), f"u8s8_matmul_{'vnni' if vnni else 'generic'}")
+        func = u8s8_matmul_kernel(shape, vnni, chain.activation, chain.requantize)
+        suffix = "_requantize" if chain.requantize is not None else ""
+        kernel = self.builder_.add_func(func, f"u8s8_matmul_{'vnni' if vnni else 'generic'}{suffix}")
         args = [x, *(relax.const(a) for a in (pack_weight(chain.weight_nk, vnni), compensation, scale, bias))]
-        return self.builder_.emit(relax.call_tir(kernel, relax.Tuple(args), relax.TensorType((m, n), "float32")))
+        out_dtype = chain.requantize.dtype if chain.requantize is not None else "float32"
+        return self.builder_.emit(relax.call_tir(kernel, relax.Tuple(args), relax.TensorType((m, n), out_dtype)))

@@ -1,6 +1,7 @@
 """Integer dense layers: out[M, N] = act((x[M, K] . W[N, K] - zx * colsum(W)[n]) * scale[n] + bias[n])
 with x uint8 (activations, zero point zx), W int8 (symmetric), int32 accumulation, and a float
-dequantize epilogue (scale[n] = x scale * W scale of channel n).
+dequantize epilogue (scale[n] = x scale * W scale of channel n), optionally requantized to the
+next layer's uint8/int8 input on the way out.
 
 Two instruction paths, chosen by the target:
 - `vnni` (AVX-512 VNNI): vpdpbusd multiplies 4 consecutive u8 activations by 4 s8 weights of each
@@ -24,6 +25,20 @@ from .epilogues import activation
 LANES = 16  # int32 lanes of one 512-bit register: output channels per vpdpbusd
 GROUP = 4  # reduction elements per vpdpbusd lane
 ROW_TILE_CANDIDATES = (8, 4, 2, 1)
+
+
+@dataclass(frozen=True)
+class Requantize:
+    """Quantize the output for the next integer layer instead of writing floats:
+    out = saturate(round(y / scale) + zero_point), as QuantizeLinear does."""
+
+    scale: float
+    zero_point: int
+    dtype: str  # "uint8" | "int8"
+
+    @property
+    def limits(self) -> tuple[float, float]:
+        return (0.0, 255.0) if self.dtype == "uint8" else (-128.0, 127.0)
 
 
 @dataclass(frozen=True)
@@ -53,9 +68,11 @@ def pack_weight(weight_nk: np.ndarray, vnni: bool) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(shape.padded_n // LANES, LANES, shape.padded_k // GROUP, GROUP).transpose(0, 2, 1, 3))
 
 
-def u8s8_matmul_kernel(shape: Int8MatmulShape, vnni: bool, activation_name: str | None = None) -> tirx.PrimFunc:
+def u8s8_matmul_kernel(
+    shape: Int8MatmulShape, vnni: bool, activation_name: str | None = None, requantize: Requantize | None = None
+) -> tirx.PrimFunc:
     """x u8 [M, K'] (K' = K padded to 4 for vnni), packed W, compensation i32 [N'], scale f32 [N'],
-    bias f32 [N'] -> out f32 [M, N]. N' = N padded to 16."""
+    bias f32 [N'] -> out [M, N], f32 or, with `requantize`, its integer dtype. N' = N padded to 16."""
     M, N = shape.m, shape.n
     K = shape.padded_k if vnni else shape.k
     NB, KG = shape.padded_n // LANES, shape.padded_k // GROUP
@@ -63,6 +80,15 @@ def u8s8_matmul_kernel(shape: Int8MatmulShape, vnni: bool, activation_name: str 
     act = activation(activation_name)
     ragged_n = N % LANES != 0
     weight_shape = (NB, KG, LANES, GROUP) if vnni else (K, shape.padded_n)
+    out_dtype = requantize.dtype if requantize is not None else "float32"
+
+    def finish(value):
+        value = act(value)
+        if requantize is None:
+            return value
+        low, high = requantize.limits
+        quantized = T.round(value / T.float32(requantize.scale)) + T.float32(requantize.zero_point)
+        return T.Cast(out_dtype, T.max(T.min(quantized, T.float32(high)), T.float32(low)))
 
     def channel(nb, lane):
         return nb * LANES + lane
@@ -74,7 +100,7 @@ def u8s8_matmul_kernel(shape: Int8MatmulShape, vnni: bool, activation_name: str 
         compensation: T.Buffer((shape.padded_n,), "int32"),
         scale: T.Buffer((shape.padded_n,), "float32"),
         bias: T.Buffer((shape.padded_n,), "float32"),
-        out: T.Buffer((M, N), "float32"),
+        out: T.Buffer((M, N), out_dtype),
     ):
         T.func_attr({"tirx.noalias": True})
         for nb in T.parallel(NB):
@@ -105,7 +131,7 @@ def u8s8_matmul_kernel(shape: Int8MatmulShape, vnni: bool, activation_name: str 
                     for r in T.unroll(MR):
                         for lane in T.vectorized(LANES):
                             if not ragged_n or channel(nb, lane) < N:
-                                out[mo * MR + r, channel(nb, lane)] = act(
+                                out[mo * MR + r, channel(nb, lane)] = finish(
                                     T.Cast("float32", acc[r, lane] - compensation[channel(nb, lane)]) * scale[channel(nb, lane)]
                                     + bias[channel(nb, lane)]
                                 )

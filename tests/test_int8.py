@@ -66,6 +66,8 @@ def test_qdq_mlp_matches_onnxruntime(compile_onnx, tmp_path, form, per_channel, 
     model = _qdq_mlp(tmp_path, form, per_channel, activations)
     compiled, result = compile_onnx(model, "qdq_mlp")
     assert [d.path for d in result.int8_layers] == ["vnni"] * 3  # the host (Zen 4) has VNNI
+    # every layer's output QuantizeLinear runs in its kernel: the next layer reads bytes directly
+    assert sum(name.startswith("u8s8_matmul_vnni_requantize") for name in result.schedules) == 3
     feeds = random_feeds(compiled)
     difference = np.abs(compiled.run(None, feeds)[0] - onnxruntime_outputs(model, feeds)[0]).max()
     assert difference <= _output_step(model) * 1.001, difference
