@@ -25,6 +25,8 @@ from .epilogues import activation
 LANES = 16  # int32 lanes of one 512-bit register: output channels per vpdpbusd
 GROUP = 4  # reduction elements per vpdpbusd lane
 ROW_TILE_CANDIDATES = (8, 4, 2, 1)
+BLOCK_TILE_CANDIDATES = (2, 1)  # measured: 2 helps M=1 and the generic path; more gains nothing
+MAX_ACCUMULATORS = 16  # of the 32 zmm registers; the rest hold weights and broadcasts
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,8 @@ def u8s8_matmul_kernel(
     K = shape.padded_k if vnni else shape.k
     NB, KG = shape.padded_n // LANES, shape.padded_k // GROUP
     MR = next(t for t in ROW_TILE_CANDIDATES if M % t == 0)
+    # vector blocks of 16 channels per tile: the MR broadcast activations feed NR instructions each
+    NR = next(t for t in BLOCK_TILE_CANDIDATES if NB % t == 0 and MR * t <= MAX_ACCUMULATORS)
     act = activation(activation_name)
     ragged_n = N % LANES != 0
     weight_shape = (NB, KG, LANES, GROUP) if vnni else (K, shape.padded_n)
@@ -90,8 +94,8 @@ def u8s8_matmul_kernel(
         quantized = T.round(value / T.float32(requantize.scale)) + T.float32(requantize.zero_point)
         return T.Cast(out_dtype, T.max(T.min(quantized, T.float32(high)), T.float32(low)))
 
-    def channel(nb, lane):
-        return nb * LANES + lane
+    def channel(nbo, lane):  # lane in [0, NR * 16) of the tile's channels
+        return nbo * NR * LANES + lane
 
     @T.prim_func(private=True, s_tir=True)
     def kernel(
@@ -103,37 +107,38 @@ def u8s8_matmul_kernel(
         out: T.Buffer((M, N), out_dtype),
     ):
         T.func_attr({"tirx.noalias": True})
-        for nb in T.parallel(NB):
+        for nbo in T.parallel(NB // NR):
             for mo in T.serial(M // MR):
                 with T.sblock("int8_tile"):
                     T.reads()
                     T.writes()
-                    acc = T.sblock_alloc_buffer((MR, LANES), "int32")
+                    acc = T.sblock_alloc_buffer((MR, NR * LANES), "int32")
                     for r in T.unroll(MR):
-                        for lane in T.vectorized(LANES):
+                        for lane in T.vectorized(NR * LANES):
                             acc[r, lane] = 0
                     if vnni:
                         for kg in T.serial(KG):
                             for r in T.unroll(MR):
-                                acc[r, T.ramp(0, 1, LANES)] = T.call_llvm_pure_intrin(
-                                    T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                                    acc.vload([r, 0], "int32x16"),
-                                    # LLVM 22's signature takes both byte operands as <64 x i8>
-                                    T.reinterpret(T.broadcast(T.reinterpret(x.vload([mo * MR + r, kg * GROUP], "uint8x4"), dtype="int32"), LANES), dtype="int8x64"),
-                                    w.vload([nb, kg, 0, 0], "int8x64"),
-                                    dtype="int32x16",
-                                )
+                                for b in T.unroll(NR):
+                                    acc[r, T.ramp(b * LANES, 1, LANES)] = T.call_llvm_pure_intrin(
+                                        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                                        acc.vload([r, b * LANES], "int32x16"),
+                                        # LLVM 22's signature takes both byte operands as <64 x i8>
+                                        T.reinterpret(T.broadcast(T.reinterpret(x.vload([mo * MR + r, kg * GROUP], "uint8x4"), dtype="int32"), LANES), dtype="int8x64"),
+                                        w.vload([nbo * NR + b, kg, 0, 0], "int8x64"),
+                                        dtype="int32x16",
+                                    )
                     else:
                         for kk in T.serial(K):
                             for r in T.unroll(MR):
-                                for lane in T.vectorized(LANES):
-                                    acc[r, lane] = acc[r, lane] + T.Cast("int32", x[mo * MR + r, kk]) * T.Cast("int32", w[kk, channel(nb, lane)])
+                                for lane in T.vectorized(NR * LANES):
+                                    acc[r, lane] = acc[r, lane] + T.Cast("int32", x[mo * MR + r, kk]) * T.Cast("int32", w[kk, channel(nbo, lane)])
                     for r in T.unroll(MR):
-                        for lane in T.vectorized(LANES):
-                            if not ragged_n or channel(nb, lane) < N:
-                                out[mo * MR + r, channel(nb, lane)] = finish(
-                                    T.Cast("float32", acc[r, lane] - compensation[channel(nb, lane)]) * scale[channel(nb, lane)]
-                                    + bias[channel(nb, lane)]
+                        for lane in T.vectorized(NR * LANES):
+                            if not ragged_n or channel(nbo, lane) < N:
+                                out[mo * MR + r, channel(nbo, lane)] = finish(
+                                    T.Cast("float32", acc[r, lane] - compensation[channel(nbo, lane)]) * scale[channel(nbo, lane)]
+                                    + bias[channel(nbo, lane)]
                                 )
 
     family = "U8S8MatmulVNNI" if vnni else "U8S8Matmul"
