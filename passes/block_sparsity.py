@@ -122,3 +122,38 @@ def pack_bsr(weight_nk: np.ndarray, block: tuple[int, int], loop_order: str):
     if data.shape[0] == 0:  # an all-zero weight still needs a non-empty buffer
         data = np.zeros((1, *data.shape[1:]), np.float32)
     return np.ascontiguousarray(data), bsr.indices.astype(np.int32), bsr.indptr.astype(np.int32)
+
+
+# int8 on VNNI (schedules/u8s8_bsr_matmul.py, blocks R x 4), measured 2026-11-22 on the same machine,
+# M=128, K=768, N=768 and 3072, 90% sparse, 2 threads: GOP/s on the stored values (the lower of the two N).
+INT8_BSR_THROUGHPUT = {16: 520.0, 4: 360.0, 1: 250.0}
+INT8_DENSE_THROUGHPUT = 880.0  # schedules/u8s8_matmul.py, VNNI, same layers
+
+
+@dataclass(frozen=True)
+class Int8LayerPlan:
+    sparse: bool
+    block_rows: int  # R of the R x 4 blocks
+    sparsity: float
+    density: float
+    estimated_speedup: float
+
+
+def plan_int8_layer(weight_nk: np.ndarray, m: int, sparsity_threshold: float | None = None) -> Int8LayerPlan:
+    """Dense VNNI or BSR VNNI with R x 4 blocks for an int8 weight, as plan_layer does for fp32."""
+    sparsity = float(np.count_nonzero(weight_nk == 0) / weight_nk.size)
+    n, k = weight_nk.shape
+    best = None
+    for rows, throughput in INT8_BSR_THROUGHPUT.items():
+        if n % rows or k % 4:
+            continue
+        density = block_density(weight_nk, (rows, 4))
+        seconds = density / throughput
+        if best is None or seconds < best[0]:
+            best = (seconds, rows, density)
+    if best is None:
+        return Int8LayerPlan(False, 1, sparsity, 1.0, 1.0)
+    seconds, rows, density = best
+    speedup = (1.0 / INT8_DENSE_THROUGHPUT) / max(seconds, 1e-12)
+    sparse = sparsity >= sparsity_threshold if sparsity_threshold is not None else speedup >= MIN_ESTIMATED_SPEEDUP
+    return Int8LayerPlan(sparse, rows, sparsity, density, speedup)

@@ -20,8 +20,10 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from sparsec.schedules.u8s8_bsr_matmul import Int8BSRShape, pack_int8_bsr, supports_int8_bsr, u8s8_bsr_kernel
 from sparsec.schedules.u8s8_matmul import GROUP, Int8MatmulShape, Requantize, pack_weight, u8s8_matmul_kernel
 
+from .block_sparsity import Int8LayerPlan, plan_int8_layer
 from .dataflow import Dataflow, constant_array, is_op, other_operand
 
 
@@ -32,7 +34,8 @@ class Int8LayerDecision:
     k: int
     n: int
     m: int
-    path: str  # "vnni" | "generic"
+    path: str  # "vnni" | "generic" | "vnni-bsr"
+    plan: Int8LayerPlan | None = None  # the sparse-or-dense analysis (VNNI targets)
 
 
 @dataclass
@@ -50,12 +53,13 @@ class _QuantizedChain:
 
 @tvm.transform.module_pass(opt_level=0, name="sparsec.QDQToInt8")
 class QDQToInt8:
-    def __init__(self, vnni: bool):
+    def __init__(self, vnni: bool, sparsity_threshold: float | None = None):
         self.vnni = vnni
+        self.sparsity_threshold = sparsity_threshold  # None: go sparse when the cost model says it pays
         self.decisions: list[Int8LayerDecision] = []
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rewriter = _Rewriter(mod, self.vnni, self.decisions)
+        rewriter = _Rewriter(mod, self.vnni, self.sparsity_threshold, self.decisions)
         for gvar, func in mod.functions_items():
             if isinstance(func, relax.Function):
                 rewriter.chains = _find_chains(Dataflow(func))
@@ -164,9 +168,10 @@ def _bias(expr: relax.Expr | None, n: int, bindings) -> np.ndarray | None:
 
 @mutator
 class _Rewriter(PyExprMutator):
-    def __init__(self, mod, vnni: bool, decisions: list[Int8LayerDecision]):
+    def __init__(self, mod, vnni: bool, sparsity_threshold: float | None, decisions: list[Int8LayerDecision]):
         super().__init__(mod)
         self.vnni = vnni
+        self.sparsity_threshold = sparsity_threshold
         self.decisions = decisions
         self.chains: dict[relax.Var, _QuantizedChain] = {}
 
@@ -182,21 +187,42 @@ class _Rewriter(PyExprMutator):
         n, k = chain.weight_nk.shape
         m = int(np.prod(chain.out_shape)) // n
         vnni = self.vnni and k % GROUP == 0
-        self.decisions.append(Int8LayerDecision(k, n, m, "vnni" if vnni else "generic"))
-        shape = Int8MatmulShape(m, k, n)
+        plan = plan_int8_layer(chain.weight_nk, m, self.sparsity_threshold) if vnni else None
+        sparse = plan is not None and plan.sparse and supports_int8_bsr(m, k, n, plan.block_rows)
+        self.decisions.append(Int8LayerDecision(k, n, m, "vnni-bsr" if sparse else "vnni" if vnni else "generic", plan))
         x = self.builder_.emit(relax.op.reshape(self.visit_expr(chain.activations), (m, k)))
         zero_point = chain.zero_point
         if chain.activations.ty.dtype == "int8":  # s8 -> u8: x + 128, zero point + 128
             shifted = relax.op.add(relax.op.astype(x, "int32"), relax.const(128, "int32"))
             x = self.builder_.emit(relax.op.astype(shifted, "uint8"))
             zero_point += 128
-        padding = shape.padded_n - n
-        compensation = np.pad(zero_point * chain.weight_nk.astype(np.int32).sum(axis=1), (0, padding)).astype(np.int32)
-        scale = np.pad(chain.scale * chain.weight_scale, (0, padding)).astype(np.float32)
-        bias = np.pad(chain.bias if chain.bias is not None else np.zeros(n, np.float32), (0, padding)).astype(np.float32)
-        func = u8s8_matmul_kernel(shape, vnni, chain.activation, chain.requantize)
+        compensation = (zero_point * chain.weight_nk.astype(np.int32).sum(axis=1)).astype(np.int32)
+        scale = (chain.scale * chain.weight_scale).astype(np.float32)
+        bias = (chain.bias if chain.bias is not None else np.zeros(n, np.float32)).astype(np.float32)
+        out_type = relax.TensorType((m, n), chain.requantize.dtype if chain.requantize is not None else "float32")
         suffix = "_requantize" if chain.requantize is not None else ""
+        if sparse:
+            return self._sparse_int8_layer(chain, plan.block_rows, x, (compensation, scale, bias), out_type, suffix)
+        return self._dense_int8_layer(chain, vnni, x, (compensation, scale, bias), out_type, suffix)
+
+    def _sparse_int8_layer(self, chain, block_rows: int, x, epilogue_arrays, out_type, suffix) -> relax.Var:
+        n, k = chain.weight_nk.shape
+        m = out_type.shape.values[0]
+        data, indices, indptr = pack_int8_bsr(chain.weight_nk, block_rows)
+        shape = Int8BSRShape(int(m), k, n, block_rows, data.shape[0])
+        kernel = self.builder_.add_func(u8s8_bsr_kernel(shape, chain.activation, chain.requantize), f"u8s8_bsr_{block_rows}x4{suffix}")
+        # [M, K] -> [K/4, M, 4]: 16 rows of 4 bytes fill one vector
+        grouped = self.builder_.emit(relax.op.permute_dims(relax.op.reshape(x, (int(m), k // GROUP, GROUP)), [1, 0, 2]))
+        args = [grouped, *(relax.const(a) for a in (data, indices, indptr, *epilogue_arrays))]
+        return self.builder_.emit(relax.call_tir(kernel, relax.Tuple(args), out_type))
+
+    def _dense_int8_layer(self, chain, vnni: bool, x, epilogue_arrays, out_type, suffix) -> relax.Var:
+        n, k = chain.weight_nk.shape
+        shape = Int8MatmulShape(int(out_type.shape.values[0]), k, n)
+        padding = shape.padded_n - n
+        compensation, scale, bias = (np.pad(a, (0, padding)).astype(a.dtype) for a in epilogue_arrays)
+        func = u8s8_matmul_kernel(shape, vnni, chain.activation, chain.requantize)
         kernel = self.builder_.add_func(func, f"u8s8_matmul_{'vnni' if vnni else 'generic'}{suffix}")
         args = [x, *(relax.const(a) for a in (pack_weight(chain.weight_nk, vnni), compensation, scale, bias))]
-        out_dtype = chain.requantize.dtype if chain.requantize is not None else "float32"
-        return self.builder_.emit(relax.call_tir(kernel, relax.Tuple(args), relax.TensorType((m, n), out_dtype)))
+        return self.builder_.emit(relax.call_tir(kernel, relax.Tuple(args), out_type))
+

@@ -37,6 +37,11 @@ def vectorize_innermost(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lan
     extent = loop_extent(sch, loops[-1]) if loops else None
     if extent is None or extent < 2:
         return False
+    if extent < lanes and len(loops) > 1 and lanes % extent == 0 and (loop_extent(sch, loops[-2]) or 1) * extent % lanes == 0:
+        # a short inner axis ([.., 4] bytes): fuse it with the next one so vectors are full width
+        _, inner = sch.split(sch.fuse(loops[-2], loops[-1]), [None, lanes])
+        sch.vectorize(inner)
+        return True
     if extent <= lanes:
         sch.vectorize(loops[-1])
         return True

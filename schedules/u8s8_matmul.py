@@ -13,6 +13,7 @@ Two instruction paths, chosen by the target:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +59,21 @@ class Int8MatmulShape:
         return -(-self.k // GROUP) * GROUP
 
 
+def output_epilogue(activation_name: str | None, requantize: Requantize | None) -> Callable[[tirx.PrimExpr], tirx.PrimExpr]:
+    """The dequantized value's last steps: activation, then QuantizeLinear when requantizing."""
+    act = activation(activation_name)
+
+    def finish(value):
+        value = act(value)
+        if requantize is None:
+            return value
+        low, high = requantize.limits
+        quantized = T.round(value / T.float32(requantize.scale)) + T.float32(requantize.zero_point)
+        return T.Cast(requantize.dtype, T.max(T.min(quantized, T.float32(high)), T.float32(low)))
+
+    return finish
+
+
 def pack_weight(weight_nk: np.ndarray, vnni: bool) -> np.ndarray:
     """int8 [N, K], zero-padded, as the kernel reads it: [N/16, K/4, 16, 4] for vnni (one 64-byte
     vector per block and k group), else [K, N] (16 channels contiguous per k)."""
@@ -81,18 +97,10 @@ def u8s8_matmul_kernel(
     MR = next(t for t in ROW_TILE_CANDIDATES if M % t == 0)
     # vector blocks of 16 channels per tile: the MR broadcast activations feed NR instructions each
     NR = next(t for t in BLOCK_TILE_CANDIDATES if NB % t == 0 and MR * t <= MAX_ACCUMULATORS)
-    act = activation(activation_name)
     ragged_n = N % LANES != 0
     weight_shape = (NB, KG, LANES, GROUP) if vnni else (K, shape.padded_n)
     out_dtype = requantize.dtype if requantize is not None else "float32"
-
-    def finish(value):
-        value = act(value)
-        if requantize is None:
-            return value
-        low, high = requantize.limits
-        quantized = T.round(value / T.float32(requantize.scale)) + T.float32(requantize.zero_point)
-        return T.Cast(out_dtype, T.max(T.min(quantized, T.float32(high)), T.float32(low)))
+    finish = output_epilogue(activation_name, requantize)
 
     def channel(nbo, lane):  # lane in [0, NR * 16) of the tile's channels
         return nbo * NR * LANES + lane

@@ -49,7 +49,7 @@ def compile_model(
     tvm_target = spec.to_tvm()
     say(f"optimizing and scheduling for {spec.describe()}")
     sparse_pass = DenseToBSR(sparse)
-    int8_pass = QDQToInt8(vnni=has_vnni(tvm_target))
+    int8_pass = QDQToInt8(vnni=has_vnni(tvm_target), sparsity_threshold=sparse.sparsity_threshold if sparse else None)
     with tvm_target:
         mod = optimization_pipeline(tvm_target, sparse_pass, int8_pass)(mod)
     for line in int8_summary(int8_pass.decisions) + layer_summary(sparse_pass.decisions):
@@ -85,8 +85,16 @@ def layer_summary(decisions: list[LayerDecision]) -> list[str]:
 
 def int8_summary(decisions: list[Int8LayerDecision]) -> list[str]:
     """One line per QDQ layer compiled to integer compute, with the instruction path it took."""
-    paths = {"vnni": "int8 VNNI (vpdpbusd)", "generic": "int8 (no VNNI)"}
-    return [f"  int8 layer {i}: {d.m}x{d.k} @ {d.k}x{d.n}  {paths[d.path]}" for i, d in enumerate(decisions)]
+    lines = []
+    for index, decision in enumerate(decisions):
+        plan = decision.plan
+        if decision.path == "generic":
+            kernel = "int8 (no VNNI)"
+        else:
+            kernel = f"int8 BSR {plan.block_rows}x4 VNNI" if decision.path == "vnni-bsr" else "int8 dense VNNI"
+        detail = f"  sparsity {plan.sparsity:6.1%}  stored {plan.density:6.1%}  est. {plan.estimated_speedup:4.1f}x vs dense" if plan else ""
+        lines.append(f"  int8 layer {index}: {decision.m}x{decision.k} @ {decision.k}x{decision.n}  {kernel:<22}{detail}")
+    return lines
 
 
 def _output_infos(mod: tvm.IRModule, names: list[str]) -> tuple[TensorInfo, ...]:

@@ -14,7 +14,8 @@ from onnx import numpy_helper
 from onnx_zoo import onnxruntime_outputs
 
 from sparsec import models
-from sparsec.schedules.u8s8_matmul import Int8MatmulShape, pack_weight, u8s8_matmul_kernel
+from sparsec.schedules.u8s8_bsr_matmul import Int8BSRShape, pack_int8_bsr, u8s8_bsr_kernel
+from sparsec.schedules.u8s8_matmul import Int8MatmulShape, Requantize, pack_weight, u8s8_matmul_kernel
 from sparsec.target import parse_target
 
 RNG = np.random.default_rng(0)
@@ -42,6 +43,44 @@ def test_u8s8_kernel_matches_numpy(vnni, m, k, n):
     lib["main"](*buffers)
     exact = (x.astype(np.int64) - zero_point) @ w.T.astype(np.int64)
     np.testing.assert_allclose(buffers[-1].numpy(), np.maximum(exact * (x_scale * w_scale) + bias, 0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("block_rows", [1, 4, 16])
+@pytest.mark.parametrize("pattern", ["pruned", "dense", "empty"])
+def test_u8s8_bsr_kernel_matches_numpy(block_rows, pattern):
+    m, k, n = 32, 96, 64
+    keep = RNG.random((n // block_rows, k // 4)) < {"pruned": 0.15, "dense": 1.0, "empty": 0.0}[pattern]
+    keep[:2] = False  # empty block rows: bias only
+    w = RNG.integers(-128, 128, (n, k)) * np.repeat(np.repeat(keep, block_rows, 0), 4, 1)
+    w = w.astype(np.int8)
+    x = RNG.integers(0, 256, (m, k)).astype(np.uint8)
+    zero_point, x_scale, w_scale = 7, 0.05, RNG.uniform(1e-3, 1e-2, n).astype(np.float32)
+    bias = RNG.standard_normal(n).astype(np.float32)
+    requantize = Requantize(0.5, 3, "uint8")
+    data, indices, indptr = pack_int8_bsr(w, block_rows)
+    func = u8s8_bsr_kernel(Int8BSRShape(m, k, n, block_rows, data.shape[0]), None, requantize).with_attr("global_symbol", "main")
+    lib = tvm.tirx.build(tvm.IRModule({"main": func}), target=parse_target(TARGET).to_tvm())
+    grouped = np.ascontiguousarray(x.reshape(m, k // 4, 4).transpose(1, 0, 2))
+    compensation = (zero_point * w.astype(np.int32).sum(axis=1)).astype(np.int32)
+    args = [grouped, data, indices, indptr, compensation, (x_scale * w_scale).astype(np.float32), bias, np.zeros((m, n), np.uint8)]
+    buffers = [tvm.runtime.tensor(a) for a in args]
+    lib["main"](*buffers)
+    real = ((x.astype(np.int64) - zero_point) @ w.T.astype(np.int64)) * (x_scale * w_scale).astype(np.float32) + bias
+    expected = np.clip(np.round(real.astype(np.float32) / np.float32(0.5)) + 3, 0, 255)
+    assert np.abs(buffers[-1].numpy().astype(np.int32) - expected).max() <= 1  # float rounding ties
+
+
+def test_pruned_qdq_mlp_runs_bsr_int8_and_matches_onnxruntime(compile_onnx, tmp_path):
+    source, target = tmp_path / "fp32.onnx", tmp_path / "qdq.onnx"
+    onnx.save(models.prune(models.mlp((128, 256, 256, 16), batch=32), 0.9, (1, 4)), str(source))
+    models.quantize_qdq(source, target)
+    model = onnx.load(str(target))
+    compiled, result = compile_onnx(model, "pruned_qdq_mlp")
+    assert [d.path for d in result.int8_layers][:2] == ["vnni-bsr", "vnni-bsr"]
+    assert all(d.plan.block_rows == 1 for d in result.int8_layers[:2])  # the weights' own 1x4 pattern
+    feeds = random_feeds(compiled)
+    difference = np.abs(compiled.run(None, feeds)[0] - onnxruntime_outputs(model, feeds)[0]).max()
+    assert difference <= _output_step(model) * 1.001, difference
 
 
 def _output_step(model: onnx.ModelProto) -> float:

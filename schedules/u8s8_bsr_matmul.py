@@ -1,0 +1,108 @@
+"""Integer block-sparse layers on VNNI: out[M, N] = epilogue(x[M, K] . W[N, K]) where W (int8) is
+stored as BSR with R x 4 blocks (R output channels x 4 reduction steps, the 4 bytes one
+vpdpbusd lane sums) and x is uint8, repacked as [K/4, M, 4] so that 16 rows of M sit in one
+64-byte vector.
+
+Per stored block and per output channel a of the block, the channel's 4 weights are broadcast to
+all 16 lanes and one vpdpbusd accumulates 16 rows of M; an R x MT tile reuses every activation
+vector R times. Block rows run in parallel and empty ones cost nothing. The epilogue is the
+dense kernel's (zero-point compensation, scale, bias, activation, optional requantize).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse
+from tvm import tirx
+from tvm.script import tirx as T
+
+from .apply import SCHEDULE_RULE_ATTR
+from .u8s8_matmul import GROUP, LANES, MAX_ACCUMULATORS, Requantize, output_epilogue
+
+ROWS_PER_VECTOR = LANES  # rows of M per vpdpbusd
+MIN_STORED_CHANNELS = 8  # narrow blocks store few bytes per cache line of [M, N]: group block rows (measured: 8 best)
+
+
+@dataclass(frozen=True)
+class Int8BSRShape:
+    m: int
+    k: int
+    n: int
+    block_rows: int  # R, output channels per block; the block is R x 4
+    stored_blocks: int
+
+
+def supports_int8_bsr(m: int, k: int, n: int, block_rows: int) -> bool:
+    """The kernel needs whole 16-row vectors of M and whole blocks."""
+    return m % ROWS_PER_VECTOR == 0 and k % GROUP == 0 and n % block_rows == 0
+
+
+def pack_int8_bsr(weight_nk: np.ndarray, block_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """data int8 [blocks, R, 4], indices int32 (k group of each block), indptr int32 [N/R + 1]."""
+    bsr = scipy.sparse.bsr_matrix(weight_nk.astype(np.int32), blocksize=(block_rows, GROUP))
+    bsr.eliminate_zeros()
+    bsr.sort_indices()
+    data = bsr.data.astype(np.int8)
+    if data.shape[0] == 0:  # an all-zero weight still needs non-empty buffers
+        data, indices = np.zeros((1, block_rows, GROUP), np.int8), np.zeros(1, np.int32)
+    else:
+        indices = bsr.indices.astype(np.int32)
+    return np.ascontiguousarray(data), indices, bsr.indptr.astype(np.int32)
+
+
+def u8s8_bsr_kernel(
+    shape: Int8BSRShape, activation_name: str | None = None, requantize: Requantize | None = None
+) -> tirx.PrimFunc:
+    """x u8 [K/4, M, 4], data, indices, indptr, compensation i32 [N], scale f32 [N], bias f32 [N]
+    -> out [M, N] (f32, or the requantize dtype)."""
+    M, N, R, nnz = shape.m, shape.n, shape.block_rows, shape.stored_blocks
+    KG, NB = shape.k // GROUP, shape.n // R
+    # narrow blocks: G block rows per tile, so the stores write G * R contiguous channels
+    G = next(g for g in (max(1, MIN_STORED_CHANNELS // R), 1) if NB % g == 0)
+    C = G * R  # channels per tile
+    vectors = next(v for v in (8, 4, 2, 1) if (M // ROWS_PER_VECTOR) % v == 0 and C * v <= MAX_ACCUMULATORS)
+    MT = vectors * ROWS_PER_VECTOR
+    out_dtype = requantize.dtype if requantize is not None else "float32"
+    finish = output_epilogue(activation_name, requantize)
+
+    @T.prim_func(private=True, s_tir=True)
+    def kernel(
+        x: T.Buffer((KG, M, GROUP), "uint8"),
+        data: T.Buffer((nnz, R, GROUP), "int8"),
+        indices: T.Buffer((nnz,), "int32"),
+        indptr: T.Buffer((NB + 1,), "int32"),
+        compensation: T.Buffer((N,), "int32"),
+        scale: T.Buffer((N,), "float32"),
+        bias: T.Buffer((N,), "float32"),
+        out: T.Buffer((M, N), out_dtype),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        for nbo in T.parallel(NB // G):
+            for mo in T.serial(M // MT):
+                with T.sblock("int8_bsr_tile"):
+                    T.reads()
+                    T.writes()
+                    acc = T.sblock_alloc_buffer((C, MT), "int32")
+                    for c in T.unroll(C):
+                        for b in T.vectorized(MT):
+                            acc[c, b] = 0
+                    for g in T.unroll(G):
+                        for j in T.serial(indptr[nbo * G + g + 1] - indptr[nbo * G + g]):
+                            for a in T.unroll(R):
+                                for v in T.unroll(vectors):
+                                    acc[g * R + a, T.ramp(v * LANES, 1, LANES)] = T.call_llvm_pure_intrin(
+                                        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                                        acc.vload([g * R + a, v * LANES], "int32x16"),
+                                        T.reinterpret(x.vload([indices[indptr[nbo * G + g] + j], mo * MT + v * LANES, 0], "uint8x64"), dtype="int8x64"),
+                                        T.reinterpret(T.broadcast(T.reinterpret(data.vload([indptr[nbo * G + g] + j, a, 0], "int8x4"), dtype="int32"), LANES), dtype="int8x64"),
+                                        dtype="int32x16",
+                                    )
+                    for b in T.unroll(MT):
+                        for c in T.vectorized(C):  # channels are contiguous in out
+                            out[mo * MT + b, nbo * C + c] = finish(
+                                T.Cast("float32", acc[c, b] - compensation[nbo * C + c]) * scale[nbo * C + c] + bias[nbo * C + c]
+                            )
+
+    return kernel.with_attr("tirx.is_scheduled", True).with_attr(SCHEDULE_RULE_ATTR, "U8S8BSRVNNI")
