@@ -30,8 +30,14 @@ BSR_THROUGHPUT = {
     ("columns", (1, 4)): 81.0,
     ("columns", (1, 1)): 78.0,
 }
+# `gather` (schedules/f32_csr_matvec.py, unstructured only, M = 1): K=N=2048, 90%, measured alone.
+BSR_THROUGHPUT[("gather", (1, 1))] = 8.0
+GATHER_MAX_ROWS = 1
+ROWS_ORDER_TILE = 8  # rows of M the table's `rows` figures had per tile (M=128)
 CANDIDATE_BLOCKS = (16, 1), (8, 1), (4, 1), (4, 4), (1, 4), (1, 1)
 DENSE_THROUGHPUT = 227.0  # GFLOP/s of schedules/f32_matmul.py on the same layer
+# a batch-1 dense MLP (23 MB of weights) ran in 0.28 ms: weights stream from L3 at ~80 GB/s
+DENSE_WEIGHT_BYTES_PER_SECOND = 80e9
 TRANSPOSE_BYTES_PER_SECOND = 40e9  # a [128, 768] fp32 transpose takes ~15-20 us (tiled, schedules/injective.py)
 # The cost model is rough (one measured shape): a layer goes sparse only when it predicts at least
 # this gain, so a dense weight never lands in a BSR kernel that merely ties with dense.
@@ -44,7 +50,7 @@ MIN_ROWS_FOR_COLUMNS_ORDER = 16
 class LayerPlan:
     sparse: bool
     block: tuple[int, int]
-    loop_order: str  # "rows" | "columns" | "dense"
+    loop_order: str  # "rows" | "columns" | "gather" | "dense"
     sparsity: float  # fraction of exact zeros in the weight
     density: float  # stored fraction of the weight in this block shape (zeros inside kept blocks count)
     estimated_speedup: float  # dense time / sparse time for this layer
@@ -72,24 +78,31 @@ def plan_layer(
     `columns_only`: the data is laid out for the `columns` order (a 1x1 convolution's NCHW)."""
     n, k = weight_nk.shape
     sparsity = float(np.count_nonzero(weight_nk == 0) / weight_nk.size)
-    dense_seconds = 2.0 * m * n * k / (DENSE_THROUGHPUT * 1e9)
+    # at small M a dense layer streams its weight more than it computes
+    dense_seconds = max(2.0 * m * n * k / (DENSE_THROUGHPUT * 1e9), 4.0 * n * k / DENSE_WEIGHT_BYTES_PER_SECOND)
     forced = block is not None
     if columns_only:
         orders = ("columns",)
     else:
-        orders = ("rows",) if m < MIN_ROWS_FOR_COLUMNS_ORDER and not forced else ("rows", "columns")
+        orders = ("rows",) if m < MIN_ROWS_FOR_COLUMNS_ORDER else ("rows", "columns")
+        orders += ("gather",) if m <= GATHER_MAX_ROWS else ()
     best = None
     for shape in [block] if block is not None else CANDIDATE_BLOCKS:
         if n % shape[0] or k % shape[1]:
             continue
         density = block_density(weight_nk, shape)
         for order in orders:
+            if order == "gather" and shape != (1, 1):
+                continue
             throughput = BSR_THROUGHPUT.get((order, shape), _unmeasured_throughput(order, shape, forced))
             if throughput is None:
                 continue
             if order == "columns":  # its vectors run along M: below 16 rows they are part empty
                 throughput *= min(m, MIN_ROWS_FOR_COLUMNS_ORDER) / MIN_ROWS_FOR_COLUMNS_ORDER
-            seconds = 2.0 * m * n * k * density / (throughput * 1e9)
+            if order == "rows":  # each loaded block feeds a tile of up to 8 rows of M (16x1: 1/5 at M=1)
+                throughput *= max(min(m, ROWS_ORDER_TILE) / ROWS_ORDER_TILE, 0.2)
+            stored_bytes = n * k * density * (4.0 + 4.0 / (shape[0] * shape[1]))  # values + one index per block
+            seconds = max(2.0 * m * n * k * density / (throughput * 1e9), stored_bytes / DENSE_WEIGHT_BYTES_PER_SECOND)
             if order == "columns" and not input_transposed:
                 seconds += 2.0 * m * k * 4 / TRANSPOSE_BYTES_PER_SECOND
             if best is None or seconds < best[0]:

@@ -21,6 +21,7 @@ from tvm import relax
 from tvm.ir.expr import Constant  # relax.const(...) builds a GenericConst, a Constant
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from sparsec.schedules.f32_csr_matvec import CSRShape, csr_matvec_kernel, pack_padded_csr
 from sparsec.schedules.f32_bsr_matmul import BSREpilogue, BSRShape, bsr_columns_kernel, bsr_rows_kernel
 
 from .block_sparsity import LayerPlan, pack_bsr, plan_layer
@@ -246,14 +247,17 @@ class _Rewriter(PyExprMutator):
     def _sparse_layer(self, layer: _Layer) -> relax.Var:
         chain, plan, m = layer.chain, layer.plan, layer.m
         n, k = chain.weight_nk.shape
-        data, indices, indptr = pack_bsr(chain.weight_nk, plan.block, plan.loop_order)
-        if indices.size == 0:  # all-zero weight: keep the buffers non-empty; indptr makes every row empty
-            indices = np.zeros(1, np.int32)
-        shape = BSRShape(m, k, n, plan.block[0], plan.block[1], data.shape[0])
         epilogue = BSREpilogue(chain.activation, chain.residual is not None, layer.transposed_output)
-        make_kernel = bsr_rows_kernel if plan.loop_order == "rows" else bsr_columns_kernel
-        name = f"bsr_{plan.loop_order}_{plan.block[0]}x{plan.block[1]}{epilogue.suffix()}"
-        kernel = self.builder_.add_func(make_kernel(shape, epilogue), name)
+        if plan.loop_order == "gather":
+            data, indices, indptr = pack_padded_csr(chain.weight_nk)
+            func = csr_matvec_kernel(CSRShape(m, k, n, data.size), chain.activation, chain.residual is not None)
+        else:
+            data, indices, indptr = pack_bsr(chain.weight_nk, plan.block, plan.loop_order)
+            if indices.size == 0:  # all-zero weight: keep the buffers non-empty; indptr makes every row empty
+                indices = np.zeros(1, np.int32)
+            shape = BSRShape(m, k, n, plan.block[0], plan.block[1], data.shape[0])
+            func = (bsr_rows_kernel if plan.loop_order == "rows" else bsr_columns_kernel)(shape, epilogue)
+        kernel = self.builder_.add_func(func, f"bsr_{plan.loop_order}_{plan.block[0]}x{plan.block[1]}{epilogue.suffix()}")
         if chain.conv:
             x = _to_channels_major(self.builder_, self.visit_expr(chain.x))
         elif plan.loop_order == "columns":

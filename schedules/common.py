@@ -96,3 +96,8 @@ def inline_epilogue(sch: s_tir.Schedule, producer, allowed_before: int = 0):
     for block in consumers[:-1]:
         sch.compute_inline(block)
     return consumers[-1] if consumers else None
+
+
+def without_param(func: tirx.PrimFunc, name: str) -> tirx.PrimFunc:
+    """`func` minus a buffer parameter its body never touches (TVMScript cannot make one optional)."""
+    return tirx.PrimFunc([p for p in func.params if p.name != name], func.body, func.ret_type, func.attrs)

