@@ -14,9 +14,12 @@ CONVERTIBLE_DOMAINS = ("", "ai.onnx", "com.microsoft")
 
 @lru_cache(maxsize=1)
 def supported_ops() -> frozenset[str]:
-    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+    from tvm.relax.frontend.onnx import onnx_frontend
 
-    return frozenset(_get_convert_map())
+    from .converters import install
+
+    install()
+    return frozenset(onnx_frontend._get_convert_map())
 
 
 def unsupported_nodes(graph: onnx.GraphProto) -> list[tuple[str, str]]:

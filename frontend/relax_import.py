@@ -10,6 +10,9 @@ from .loader import LoadedModel
 def import_to_relax(loaded: LoadedModel):
     from tvm.relax.frontend.onnx import from_onnx
 
+    from .converters import install
+
+    install()
     shapes = {spec.name: list(spec.shape) for spec in loaded.inputs}
     dtypes = {spec.name: spec.dtype for spec in loaded.inputs}
     try:

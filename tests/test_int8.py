@@ -131,3 +131,31 @@ def test_target_without_vnni_takes_the_generic_integer_path(compile_onnx, tmp_pa
     feeds = random_feeds(compiled)
     difference = np.abs(compiled.run(None, feeds)[0] - onnxruntime_outputs(model, feeds)[0]).max()
     assert difference <= _output_step(model) * 1.001, difference
+
+
+@pytest.mark.parametrize("per_column", [False, True])
+def test_qlinear_matmul_imports_onto_the_integer_kernel(compile_onnx, per_column):
+    from onnx import TensorProto, helper
+
+    k, n = 64, 48
+    w = RNG.integers(-127, 128, (k, n)).astype(np.int8)
+    w_scale = RNG.uniform(1e-3, 1e-2, n if per_column else 1).astype(np.float32).reshape(-1 if per_column else ())
+    inits = [
+        numpy_helper.from_array(w, "w"),
+        numpy_helper.from_array(w_scale, "w_scale"),
+        numpy_helper.from_array(np.zeros(w_scale.shape, np.int8), "w_zero"),
+        numpy_helper.from_array(np.array(0.03, np.float32), "x_scale"),
+        numpy_helper.from_array(np.array(120, np.uint8), "x_zero"),
+        numpy_helper.from_array(np.array(0.05, np.float32), "y_scale"),
+        numpy_helper.from_array(np.array(128, np.uint8), "y_zero"),
+    ]
+    node = helper.make_node("QLinearMatMul", ["x", "x_scale", "x_zero", "w", "w_scale", "w_zero", "y_scale", "y_zero"], ["y"], name="qmm")
+    graph = helper.make_graph(
+        [node], "qlinear", [helper.make_tensor_value_info("x", TensorProto.UINT8, [8, k])], [helper.make_tensor_value_info("y", TensorProto.UINT8, [8, n])], inits
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21 if per_column else 13)], ir_version=8)
+    compiled, result = compile_onnx(model, "qlinear")
+    assert [d.path for d in result.int8_layers] == ["vnni"]
+    x = RNG.integers(0, 256, (8, k)).astype(np.uint8)
+    difference = compiled.run(None, {"x": x})[0].astype(np.int32) - onnxruntime_outputs(model, {"x": x})[0].astype(np.int32)
+    assert np.abs(difference).max() <= 1  # one quantization step
