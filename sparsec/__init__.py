@@ -12,14 +12,37 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 
-def compile(model, output, target="native", input_shapes=None, progress=None, sparsity_threshold=None, block=None):  # noqa: A001
+def compile(  # noqa: A001
+    model,
+    output,
+    target="native",
+    input_shapes=None,
+    progress=None,
+    sparsity_threshold=None,
+    block=None,
+    quantize=None,
+    calibration_data=None,
+    calibration_method="minmax",
+    exclude=(),
+    smooth_alpha=0.5,
+):
     """Compile an ONNX model to a .so. See `sparsec compile --help` for the arguments;
-    `block` is (rows along the output axis, columns along the reduction axis)."""
+    `block` is (rows along the output axis, columns along the reduction axis); `quantize="int8"`
+    with `calibration_data` (an .npz) quantizes an fp32 model first."""
+    from pathlib import Path
+
     from sparsec.driver import compile_model
+    from sparsec.errors import SparsecError
     from sparsec.passes import BSROptions
+    from sparsec.quantize import QuantizationOptions
 
     sparse = BSROptions(sparsity_threshold, tuple(block) if block else None)
-    return compile_model(model, output, target=target, input_shapes=input_shapes, progress=progress, sparse=sparse)
+    quantization = None
+    if quantize is not None:
+        if quantize != "int8" or calibration_data is None:
+            raise SparsecError("--quantize int8 is the only quantization, and it needs --calibration-data FILE.npz")
+        quantization = QuantizationOptions(Path(calibration_data), calibration_method, tuple(exclude), smooth_alpha)
+    return compile_model(model, output, target=target, input_shapes=input_shapes, progress=progress, sparse=sparse, quantize=quantization)
 
 
 def inspect(model, input_shapes=None):

@@ -57,18 +57,27 @@ def main():
     "(default: decide per layer from the measured kernel speeds).",
 )
 @click.option("--block", metavar="RxC", help="BSR block shape for every sparse layer: R output channels x C reduction steps, e.g. 4x1 (default: chosen per layer).")
+@click.option("--quantize", type=click.Choice(["int8"]), help="Quantize an fp32 model after training: int8 weights (symmetric, per channel), uint8 activations calibrated on --calibration-data; MatMul/Gemm layers only.")
+@click.option("--calibration-data", type=click.Path(dir_okay=False, exists=True, path_type=Path), metavar="FILE.npz", help="With --quantize: one array per model input, samples along the first axis.")
+@click.option("--calibration-method", type=click.Choice(["minmax", "percentile"]), default="minmax", show_default=True, help="With --quantize: how activation ranges come from the calibration data.")
+@click.option("--exclude", multiple=True, metavar="NODE", help="With --quantize: keep this node (by ONNX node name) in fp32. Repeatable.")
+@click.option("--smooth-alpha", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True, help="With --quantize: SmoothQuant strength, how much of the activations' outlier range moves into the weights (0: off).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def compile(model: Path, output: Path | None, target: str, input_shapes: tuple[str, ...], sparsity_threshold, block, quiet: bool):  # noqa: A001
+def compile(model: Path, output: Path | None, target: str, input_shapes: tuple[str, ...], sparsity_threshold, block, quantize, calibration_data, calibration_method, exclude, smooth_alpha, quiet: bool):  # noqa: A001
     """Compile an ONNX MODEL into a shared library.
 
     Matmul/Gemm layers with pruned constant weights become block-sparse (BSR) kernels where that
-    is estimated faster than dense; a per-layer summary is printed. The artifact holds the
+    is estimated faster than dense; QDQ layers run on integer kernels; a per-layer summary is
+    printed. With --quantize int8 an fp32 model is quantized first and each quantized layer's
+    error on the calibration data is reported. The artifact holds the
     weights and its input/output metadata; `sparsec run` or `sparsec.runtime.load()` executes it
     without TVM's compiler. The file is written atomically: a failed or interrupted compile
     leaves nothing behind.
     """
     import sparsec
 
+    if (calibration_data is not None or exclude) and quantize is None:
+        raise SparsecError("--calibration-data and --exclude only apply with --quantize int8")
     output = output or model.with_suffix(".so")
     progress = None if quiet else (lambda line: click.echo(line, err=True))
     result = sparsec.compile(
@@ -79,6 +88,11 @@ def compile(model: Path, output: Path | None, target: str, input_shapes: tuple[s
         progress=progress,
         sparsity_threshold=sparsity_threshold,
         block=_parse_block(block) if block else None,
+        quantize=quantize,
+        calibration_data=calibration_data,
+        calibration_method=calibration_method,
+        exclude=exclude,
+        smooth_alpha=smooth_alpha,
     )
     if not quiet:
         size_mb = result.output.stat().st_size / 1e6

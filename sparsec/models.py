@@ -22,8 +22,9 @@ IR_VERSION = 8  # the IR of opset 17; onnxruntime refuses IRs newer than it know
 class _GraphBuilder:
     """Accumulates nodes and initializers with unique names."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, weights: dict[str, np.ndarray] | None = None):
         self.rng = np.random.default_rng(seed)
+        self.weights = weights or {}  # trained values that replace the random ones, by name
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._count = 0
@@ -33,6 +34,11 @@ class _GraphBuilder:
         return f"{prefix}_{self._count}"
 
     def constant(self, name: str, value: np.ndarray) -> str:
+        if name in self.weights:
+            given = np.asarray(self.weights[name], np.float32)
+            if given.shape != np.shape(value):
+                raise ValueError(f"weight {name!r}: expected shape {np.shape(value)}, got {given.shape}")
+            value = given
         self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
@@ -104,10 +110,12 @@ def transformer_encoder(
     seq: int | str = 128,
     batch: int | str = 1,
     seed: int = 0,
+    weights: dict[str, np.ndarray] | None = None,
 ) -> onnx.ModelProto:
     """A BERT-shaped encoder: token + position embeddings, then post-LN layers of multi-head
-    attention (MatMul, Softmax) and an Erf-GELU feed-forward block, as PyTorch exports them."""
-    g = _GraphBuilder(seed)
+    attention (MatMul, Softmax) and an Erf-GELU feed-forward block, as PyTorch exports them.
+    Random weights unless `weights` gives them by name (see `bert_encoder_from_safetensors`)."""
+    g = _GraphBuilder(seed, weights)
     h, heads = config.hidden, config.heads
     head_dim = h // heads
     ids = "input_ids"
@@ -260,3 +268,34 @@ def _random_samples(model: onnx.ModelProto, count: int) -> list[dict[str, np.nda
                 feeds[value.name] = rng.standard_normal(shape).astype(np.float32)
         samples.append(feeds)
     return samples
+
+
+def bert_encoder_from_safetensors(model_dir: str | Path, seq: int) -> onnx.ModelProto:
+    """A Hugging Face BERT checkpoint (config.json + model.safetensors, e.g. all-MiniLM-L6-v2) as
+    `transformer_encoder`'s graph with the trained weights: last_hidden_state for input_ids of
+    one sequence of `seq` tokens, all of token type 0, no padding (so no attention mask)."""
+    import json
+
+    from safetensors.numpy import load_file
+
+    model_dir = Path(model_dir)
+    hf = json.loads((model_dir / "config.json").read_text())
+    config = EncoderConfig(hf["num_hidden_layers"], hf["hidden_size"], hf["num_attention_heads"], hf["intermediate_size"], hf["vocab_size"], hf["max_position_embeddings"])
+    tensors = {name.removeprefix("bert."): value for name, value in load_file(str(model_dir / "model.safetensors")).items()}
+    weights = {
+        "embeddings.word": tensors["embeddings.word_embeddings.weight"],
+        # token type 0 everywhere: its embedding row is a constant added to every position
+        "embeddings.position": tensors["embeddings.position_embeddings.weight"] + tensors["embeddings.token_type_embeddings.weight"][0],
+        "embeddings.ln.weight": tensors["embeddings.LayerNorm.weight"],
+        "embeddings.ln.bias": tensors["embeddings.LayerNorm.bias"],
+    }
+    linear = {"attn.q": "attention.self.query", "attn.k": "attention.self.key", "attn.v": "attention.self.value", "attn.out": "attention.output.dense", "ffn.up": "intermediate.dense", "ffn.down": "output.dense"}
+    norms = {"attn.ln": "attention.output.LayerNorm", "ffn.ln": "output.LayerNorm"}
+    for i in range(config.layers):
+        for ours, theirs in linear.items():
+            weights[f"layer{i}.{ours}.weight"] = tensors[f"encoder.layer.{i}.{theirs}.weight"].T  # [out, in] -> [in, out]
+            weights[f"layer{i}.{ours}.bias"] = tensors[f"encoder.layer.{i}.{theirs}.bias"]
+        for ours, theirs in norms.items():
+            weights[f"layer{i}.{ours}.weight"] = tensors[f"encoder.layer.{i}.{theirs}.weight"]
+            weights[f"layer{i}.{ours}.bias"] = tensors[f"encoder.layer.{i}.{theirs}.bias"]
+    return transformer_encoder(config, seq=seq, batch=1, weights=weights)
