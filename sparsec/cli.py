@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from sparsec import interrupts
 from sparsec.errors import SparsecError
 
 TARGET_HELP = (
@@ -22,14 +23,25 @@ class SparsecCommand(click.Group):
     never a traceback."""
 
     def invoke(self, ctx):
+        interrupts.install()
         try:
             return super().invoke(ctx)
         except SparsecError as err:
+            if interrupts.interrupted():
+                self._interrupted(ctx)
             click.echo(f"error: {err}", err=True)
             ctx.exit(2)
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            ctx.exit(130)
+            self._interrupted(ctx)
+        except Exception:
+            if interrupts.interrupted():  # Ctrl-C that TVM turned into another error
+                self._interrupted(ctx)
+            raise
+
+    @staticmethod
+    def _interrupted(ctx):
+        click.echo("interrupted", err=True)
+        ctx.exit(130)
 
 
 @click.group(cls=SparsecCommand, context_settings={"help_option_names": ["-h", "--help"]})

@@ -12,6 +12,7 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
+from sparsec import interrupts
 from sparsec.frontend import import_to_relax, load_model
 from sparsec.frontend.loader import parse_input_shapes
 from sparsec.passes import BSROptions, DenseToBSR, Int8LayerDecision, LayerDecision, QDQToInt8, has_vnni, optimization_pipeline
@@ -147,6 +148,7 @@ def _count_by_rule(schedules: dict[str, str]) -> str:
 
 def _stage_reporter(progress: Callable[[str], None] | None, started: float) -> Callable[[str], None]:
     def say(message: str) -> None:
+        interrupts.check()  # stop at the next stage even if TVM swallowed the Ctrl-C
         if progress is not None:
             progress(f"[{time.perf_counter() - started:6.1f}s] {message}")
 

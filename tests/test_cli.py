@@ -9,6 +9,7 @@ import pytest
 from conftest import TARGET, assert_close_relative, run_cli
 from onnx_zoo import onnxruntime_outputs
 
+import sparsec
 from sparsec import models
 
 MLP = models.prune(models.mlp((32, 64, 10), batch=2), 0.8)
@@ -125,3 +126,15 @@ def test_ctrl_c_during_compile_leaves_no_artifact_and_no_traceback(tmp_path):
     assert child.wait(timeout=120) == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["enc.onnx"]
+
+
+def test_an_interrupt_that_tvm_swallowed_still_stops_the_compile(tmp_path, monkeypatch):
+    # TVM turns a KeyboardInterrupt raised in a Python pass into a RuntimeError, which a
+    # schedule rule's fallback may catch: the flag stops the compile at its next stage anyway.
+    from sparsec import interrupts
+
+    onnx.save(models.mlp((16, 8), batch=1), str(tmp_path / "m.onnx"))
+    monkeypatch.setattr(interrupts, "_interrupted", True)
+    with pytest.raises(KeyboardInterrupt):
+        sparsec.compile(tmp_path / "m.onnx", tmp_path / "m.so", target=TARGET)
+    assert not (tmp_path / "m.so").exists()
