@@ -27,6 +27,7 @@ from .epilogues import activation
 
 ROW_TILE_CANDIDATES = (8, 4, 2, 1)
 COLUMN_TILE_CANDIDATES = (64, 32, 16, 8, 4, 2, 1)
+MIN_STORED_CHANNELS = 8  # columns order, [M, N] output: channels stored together per row of M
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ def bsr_rows_kernel(shape: BSRShape, epilogue: BSREpilogue = BSREpilogue()) -> t
             shape,
             epilogue,
             tile=(MR, R),
+            group=1,
             channel_axis="b",
             rows_per_step=MR,
             x_shape=(shape.m, shape.k),
@@ -85,12 +87,16 @@ def bsr_columns_kernel(shape: BSRShape, epilogue: BSREpilogue = BSREpilogue()) -
     """xT [K, M], data [blocks, R, C], indices [blocks], indptr [N/R + 1], bias [N] -> out [M, N].
     Tile: the block's R outputs x MT rows of M, vectors along M."""
     R, C = shape.block_rows, shape.block_cols
-    MT = next(t for t in COLUMN_TILE_CANDIDATES if shape.m % t == 0 and t * R * 4 <= MAX_REGISTER_TILE_BYTES)
+    # an [M, N] store of a narrow block row writes R floats per cache line: group block rows
+    wanted = 1 if epilogue.transposed_output else max(1, MIN_STORED_CHANNELS // R)
+    G = next(g for g in (wanted, 1) if shape.block_row_count % g == 0)
+    MT = next(t for t in COLUMN_TILE_CANDIDATES if shape.m % t == 0 and t * G * R * 4 <= MAX_REGISTER_TILE_BYTES)
     return _scheduled(
         _bsr_kernel(
             shape,
             epilogue,
             tile=(R, MT),
+            group=G,
             channel_axis="a",
             rows_per_step=MT,
             x_shape=(shape.k, shape.m),
@@ -103,14 +109,16 @@ def bsr_columns_kernel(shape: BSRShape, epilogue: BSREpilogue = BSREpilogue()) -
     )
 
 
-def _bsr_kernel(shape: BSRShape, epilogue: BSREpilogue, tile, channel_axis, rows_per_step, x_shape, data_shape, product, out_row, out_channel) -> tirx.PrimFunc:
-    """The loop nest both orders share: block rows in parallel, an A x B register tile (B the
-    vector lanes) per step of `mo`, the nonzero blocks of the block row, then the epilogue.
+def _bsr_kernel(shape: BSRShape, epilogue: BSREpilogue, tile, group, channel_axis, rows_per_step, x_shape, data_shape, product, out_row, out_channel) -> tirx.PrimFunc:
+    """The loop nest both orders share: groups of `group` block rows in parallel, a (group * A) x B
+    register tile (B the vector lanes) per step of `mo`, the nonzero blocks of each block row, then
+    the epilogue.
     `channel_axis` names the tile axis that spans output channels; the closures say how tile
     coordinates map onto x, the block data and the output."""
     M, N, C, nnz = shape.m, shape.n, shape.block_cols, shape.stored_blocks
     NB = shape.block_row_count
     A, B = tile
+    G = group
     steps = M // rows_per_step
     act = activation(epilogue.activation)
     out_shape = (N, M) if epilogue.transposed_output else (M, N)
@@ -136,31 +144,46 @@ def _bsr_kernel(shape: BSRShape, epilogue: BSREpilogue, tile, channel_axis, rows
         out: T.Buffer(out_shape, "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
-        for nb in T.parallel(NB):
+        for nbo in T.parallel(NB // G):
             for mo in T.serial(steps):
                 with T.sblock("bsr_tile"):
                     T.reads()
                     T.writes()
-                    acc = T.sblock_alloc_buffer((A, B), "float32")
-                    for a in T.unroll(A):
+                    acc = T.sblock_alloc_buffer((G * A, B), "float32")
+                    for ga in T.unroll(G * A):
                         for b in T.vectorized(B):
-                            acc[a, b] = T.float32(0)
-                    for j in T.serial(indptr[nb + 1] - indptr[nb]):
-                        for c in T.unroll(C):
-                            for a in T.unroll(A):
-                                for b in T.vectorized(B):
-                                    acc[a, b] = acc[a, b] + product(x, data, indptr[nb] + j, indices[indptr[nb] + j] * C + c, c, a, b, mo)
+                            acc[ga, b] = T.float32(0)
+                    for g in T.unroll(G):
+                        for j in T.serial(indptr[nbo * G + g + 1] - indptr[nbo * G + g]):
+                            for c in T.unroll(C):
+                                for a in T.unroll(A):
+                                    for b in T.vectorized(B):
+                                        acc[g * A + a, b] = acc[g * A + a, b] + product(
+                                            x, data, indptr[nbo * G + g] + j, indices[indptr[nbo * G + g] + j] * C + c, c, a, b, mo
+                                        )
                     if store_lanes_along_b:
-                        for a in T.unroll(A):
+                        for ga in T.unroll(G * A):
                             for b in T.vectorized(B):
-                                out[out_index(out_row(a, b, mo), out_channel(a, b, nb), 0), out_index(out_row(a, b, mo), out_channel(a, b, nb), 1)] = finish(
-                                    acc[a, b] + bias[out_channel(a, b, nb)], residual, out_row(a, b, mo), out_channel(a, b, nb)
+                                out[
+                                    out_index(out_row(ga % A, b, mo), out_channel(ga % A, b, nbo * G + ga // A), 0),
+                                    out_index(out_row(ga % A, b, mo), out_channel(ga % A, b, nbo * G + ga // A), 1),
+                                ] = finish(
+                                    acc[ga, b] + bias[out_channel(ga % A, b, nbo * G + ga // A)],
+                                    residual,
+                                    out_row(ga % A, b, mo),
+                                    out_channel(ga % A, b, nbo * G + ga // A),
                                 )
                     else:
                         for b in T.unroll(B):
-                            for a in T.vectorized(A):
-                                out[out_index(out_row(a, b, mo), out_channel(a, b, nb), 0), out_index(out_row(a, b, mo), out_channel(a, b, nb), 1)] = finish(
-                                    acc[a, b] + bias[out_channel(a, b, nb)], residual, out_row(a, b, mo), out_channel(a, b, nb)
+                            for ga in T.vectorized(G * A):
+                                out[
+                                    out_index(out_row(ga % A, b, mo), out_channel(ga % A, b, nbo * G + ga // A), 0),
+                                    out_index(out_row(ga % A, b, mo), out_channel(ga % A, b, nbo * G + ga // A), 1),
+                                ] = finish(
+                                    acc[ga, b] + bias[out_channel(ga % A, b, nbo * G + ga // A)],
+                                    residual,
+                                    out_row(ga % A, b, mo),
+                                    out_channel(ga % A, b, nbo * G + ga // A),
                                 )
 
     return kernel if epilogue.residual else without_param(kernel, "residual")
