@@ -133,6 +133,14 @@ def _bsr_kernel(shape: BSRShape, epilogue: BSREpilogue, tile, group, channel_axi
         value = act(value)
         return value + residual[out_index(m, n, 0), out_index(m, n, 1)] if epilogue.residual else value
 
+    # tile element (ga, b): row ga % A of block row nbo * G + ga // A
+    def tile_out_index(ga, b, mo, nbo, axis):
+        return out_index(out_row(ga % A, b, mo), out_channel(ga % A, b, nbo * G + ga // A), axis)
+
+    def tile_value(acc, bias, residual, ga, b, mo, nbo):
+        m, n = out_row(ga % A, b, mo), out_channel(ga % A, b, nbo * G + ga // A)
+        return finish(acc[ga, b] + bias[n], residual, m, n)
+
     @T.prim_func(private=True, s_tir=True)
     def kernel(
         x: T.Buffer(x_shape, "float32"),
@@ -164,27 +172,11 @@ def _bsr_kernel(shape: BSRShape, epilogue: BSREpilogue, tile, group, channel_axi
                     if store_lanes_along_b:
                         for ga in T.unroll(G * A):
                             for b in T.vectorized(B):
-                                out[
-                                    out_index(out_row(ga % A, b, mo), out_channel(ga % A, b, nbo * G + ga // A), 0),
-                                    out_index(out_row(ga % A, b, mo), out_channel(ga % A, b, nbo * G + ga // A), 1),
-                                ] = finish(
-                                    acc[ga, b] + bias[out_channel(ga % A, b, nbo * G + ga // A)],
-                                    residual,
-                                    out_row(ga % A, b, mo),
-                                    out_channel(ga % A, b, nbo * G + ga // A),
-                                )
+                                out[tile_out_index(ga, b, mo, nbo, 0), tile_out_index(ga, b, mo, nbo, 1)] = tile_value(acc, bias, residual, ga, b, mo, nbo)
                     else:
                         for b in T.unroll(B):
                             for ga in T.vectorized(G * A):
-                                out[
-                                    out_index(out_row(ga % A, b, mo), out_channel(ga % A, b, nbo * G + ga // A), 0),
-                                    out_index(out_row(ga % A, b, mo), out_channel(ga % A, b, nbo * G + ga // A), 1),
-                                ] = finish(
-                                    acc[ga, b] + bias[out_channel(ga % A, b, nbo * G + ga // A)],
-                                    residual,
-                                    out_row(ga % A, b, mo),
-                                    out_channel(ga % A, b, nbo * G + ga // A),
-                                )
+                                out[tile_out_index(ga, b, mo, nbo, 0), tile_out_index(ga, b, mo, nbo, 1)] = tile_value(acc, bias, residual, ga, b, mo, nbo)
 
     return kernel if epilogue.residual else without_param(kernel, "residual")
 
