@@ -12,7 +12,6 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from sparsec import models
