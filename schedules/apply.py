@@ -17,6 +17,12 @@ log = logging.getLogger(__name__)
 SCHEDULE_RULE_ATTR = "sparsec.schedule_rule"
 
 
+def mark_scheduled(func: tirx.PrimFunc, rule: str) -> tirx.PrimFunc:
+    """Record which rule (or hand-written kernel family) shaped `func`; scheduled functions are
+    left alone by the default rules."""
+    return func.with_attr("tirx.is_scheduled", True).with_attr(SCHEDULE_RULE_ATTR, rule)
+
+
 @module_pass(opt_level=0, name="sparsec.ApplyDefaultSchedules")
 class ApplyDefaultSchedules:
     def __init__(self, target: Target, rules: list[ScheduleRule]):
@@ -44,7 +50,6 @@ class ApplyDefaultSchedules:
                 continue
             if sch is None:
                 continue
-            scheduled = sch.mod["main"]
-            return scheduled.with_attr("tirx.is_scheduled", True).with_attr(SCHEDULE_RULE_ATTR, rule_name)
+            return mark_scheduled(sch.mod["main"], rule_name)
         log.debug("no default schedule for %s: it stays serial", name)
         return None

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from tvm import tirx
 from tvm.script import tirx as T
 
-from .apply import SCHEDULE_RULE_ATTR
+from .apply import mark_scheduled
 from .common import MAX_REGISTER_TILE_BYTES, without_param
 from .epilogues import activation
 
@@ -65,7 +65,7 @@ def bsr_rows_kernel(shape: BSRShape, epilogue: BSREpilogue = BSREpilogue()) -> t
     Tile: MR rows of M x the block's R outputs, vectors along R."""
     R, C = shape.block_rows, shape.block_cols
     MR = next(t for t in ROW_TILE_CANDIDATES if shape.m % t == 0 and t * R * 4 <= MAX_REGISTER_TILE_BYTES)
-    return _scheduled(
+    return mark_scheduled(
         _bsr_kernel(
             shape,
             epilogue,
@@ -91,7 +91,7 @@ def bsr_columns_kernel(shape: BSRShape, epilogue: BSREpilogue = BSREpilogue()) -
     wanted = 1 if epilogue.transposed_output else max(1, MIN_STORED_CHANNELS // R)
     G = next(g for g in (wanted, 1) if shape.block_row_count % g == 0)
     MT = next(t for t in COLUMN_TILE_CANDIDATES if shape.m % t == 0 and t * G * R * 4 <= MAX_REGISTER_TILE_BYTES)
-    return _scheduled(
+    return mark_scheduled(
         _bsr_kernel(
             shape,
             epilogue,
@@ -180,7 +180,3 @@ def _bsr_kernel(shape: BSRShape, epilogue: BSREpilogue, tile, group, channel_axi
 
     return kernel if epilogue.residual else without_param(kernel, "residual")
 
-
-def _scheduled(kernel: tirx.PrimFunc, family: str) -> tirx.PrimFunc:
-    """The loops above are the schedule: keep the default rules off the kernel."""
-    return kernel.with_attr("tirx.is_scheduled", True).with_attr(SCHEDULE_RULE_ATTR, family)

@@ -16,7 +16,7 @@ import scipy.sparse
 from tvm import tirx
 from tvm.script import tirx as T
 
-from .apply import SCHEDULE_RULE_ATTR
+from .apply import mark_scheduled
 from .common import without_param
 from .epilogues import activation
 
@@ -88,5 +88,5 @@ def csr_matvec_kernel(shape: CSRShape, activation_name: str | None = None, resid
                         total[r] = total[r] + acc[r, lane]
                     out[r, n] = finish(total[r], residual_buffer, r, n)
 
-    func = kernel.with_attr("tirx.is_scheduled", True).with_attr(SCHEDULE_RULE_ATTR, "F32CSRMatvec")
+    func = mark_scheduled(kernel, "F32CSRMatvec")
     return func if residual else without_param(func, "residual_buffer")

@@ -18,7 +18,7 @@ import scipy.sparse
 from tvm import tirx
 from tvm.script import tirx as T
 
-from .apply import SCHEDULE_RULE_ATTR
+from .apply import mark_scheduled
 from .u8s8_matmul import GROUP, LANES, MAX_ACCUMULATORS, Requantize, output_epilogue
 
 ROWS_PER_VECTOR = LANES  # rows of M per vpdpbusd
@@ -105,4 +105,4 @@ def u8s8_bsr_kernel(
                                 T.Cast("float32", acc[c, b] - compensation[nbo * C + c]) * scale[nbo * C + c] + bias[nbo * C + c]
                             )
 
-    return kernel.with_attr("tirx.is_scheduled", True).with_attr(SCHEDULE_RULE_ATTR, "U8S8BSRVNNI")
+    return mark_scheduled(kernel, "U8S8BSRVNNI")

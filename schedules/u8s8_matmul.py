@@ -20,7 +20,7 @@ import numpy as np
 from tvm import tirx
 from tvm.script import tirx as T
 
-from .apply import SCHEDULE_RULE_ATTR
+from .apply import mark_scheduled
 from .epilogues import activation
 
 LANES = 16  # int32 lanes of one 512-bit register: output channels per vpdpbusd
@@ -150,4 +150,4 @@ def u8s8_matmul_kernel(
                                 )
 
     family = "U8S8MatmulVNNI" if vnni else "U8S8Matmul"
-    return kernel.with_attr("tirx.is_scheduled", True).with_attr(SCHEDULE_RULE_ATTR, family)
+    return mark_scheduled(kernel, family)
