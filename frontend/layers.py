@@ -33,6 +33,8 @@ class LayerInfo:
 
 
 def weighted_layers(loaded: LoadedModel) -> list[LayerInfo]:
+    from sparsec.passes.block_sparsity import zero_fraction  # the compiler's own measure (imports TVM)
+
     initializers = loaded.initializers()
     shapes = _value_shapes(loaded.model)
     layers = []
@@ -52,7 +54,7 @@ def weighted_layers(loaded: LoadedModel) -> list[LayerInfo]:
                 op=node.op_type,
                 weight=weight_name,
                 weight_shape=tuple(weight.shape),
-                sparsity=float(np.count_nonzero(weight == 0) / weight.size) if weight.size else 0.0,
+                sparsity=zero_fraction(weight),
                 macs=macs,
                 kernel=kernel,
                 estimated_speedup=speedup,

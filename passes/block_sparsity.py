@@ -29,9 +29,9 @@ BSR_THROUGHPUT = {
     ("columns", (4, 4)): 150.0,
     ("columns", (1, 4)): 81.0,
     ("columns", (1, 1)): 78.0,
+    # schedules/f32_csr_matvec.py, unstructured only, M = 1: K=N=2048, 90%, measured alone
+    ("gather", (1, 1)): 8.0,
 }
-# `gather` (schedules/f32_csr_matvec.py, unstructured only, M = 1): K=N=2048, 90%, measured alone.
-BSR_THROUGHPUT[("gather", (1, 1))] = 8.0
 GATHER_MAX_ROWS = 1
 ROWS_ORDER_TILE = 8  # rows of M the table's `rows` figures had per tile (M=128)
 CANDIDATE_BLOCKS = (16, 1), (8, 1), (4, 1), (4, 4), (1, 4), (1, 1)
@@ -56,6 +56,18 @@ class LayerPlan:
     estimated_speedup: float  # dense time / sparse time for this layer
 
 
+def zero_fraction(weight: np.ndarray) -> float:
+    """The weight's sparsity: the fraction of its values that are exactly zero."""
+    return float(np.count_nonzero(weight == 0) / weight.size) if weight.size else 0.0
+
+
+def _goes_sparse(sparsity: float, sparsity_threshold: float | None, estimated_speedup: float) -> bool:
+    """The user's threshold when given, else the cost model's estimate."""
+    if sparsity_threshold is not None:
+        return sparsity >= sparsity_threshold
+    return estimated_speedup >= MIN_ESTIMATED_SPEEDUP
+
+
 def block_density(weight_nk: np.ndarray, block: tuple[int, int]) -> float:
     rows, cols = block
     n, k = weight_nk.shape
@@ -77,7 +89,7 @@ def plan_layer(
     `input_transposed`: x^T comes for free (a `columns` producer can write it).
     `columns_only`: the data is laid out for the `columns` order (a 1x1 convolution's NCHW)."""
     n, k = weight_nk.shape
-    sparsity = float(np.count_nonzero(weight_nk == 0) / weight_nk.size)
+    sparsity = zero_fraction(weight_nk)
     # at small M a dense layer streams its weight more than it computes
     dense_seconds = max(2.0 * m * n * k / (DENSE_THROUGHPUT * 1e9), 4.0 * n * k / DENSE_WEIGHT_BYTES_PER_SECOND)
     forced = block is not None
@@ -111,7 +123,7 @@ def plan_layer(
         return LayerPlan(False, (1, 1), "dense", sparsity, 1.0, 1.0)
     seconds, shape, order, density = best
     speedup = dense_seconds / max(seconds, 1e-12)
-    sparse = sparsity >= sparsity_threshold if sparsity_threshold is not None else speedup >= MIN_ESTIMATED_SPEEDUP
+    sparse = _goes_sparse(sparsity, sparsity_threshold, speedup)
     return LayerPlan(sparse, shape, order if sparse else "dense", sparsity, density, speedup)
 
 
@@ -154,7 +166,7 @@ class Int8LayerPlan:
 
 def plan_int8_layer(weight_nk: np.ndarray, m: int, sparsity_threshold: float | None = None) -> Int8LayerPlan:
     """Dense VNNI or BSR VNNI with R x 4 blocks for an int8 weight, as plan_layer does for fp32."""
-    sparsity = float(np.count_nonzero(weight_nk == 0) / weight_nk.size)
+    sparsity = zero_fraction(weight_nk)
     n, k = weight_nk.shape
     best = None
     for rows, throughput in INT8_BSR_THROUGHPUT.items():
@@ -168,5 +180,4 @@ def plan_int8_layer(weight_nk: np.ndarray, m: int, sparsity_threshold: float | N
         return Int8LayerPlan(False, 1, sparsity, 1.0, 1.0)
     seconds, rows, density = best
     speedup = (1.0 / INT8_DENSE_THROUGHPUT) / max(seconds, 1e-12)
-    sparse = sparsity >= sparsity_threshold if sparsity_threshold is not None else speedup >= MIN_ESTIMATED_SPEEDUP
-    return Int8LayerPlan(sparse, rows, sparsity, density, speedup)
+    return Int8LayerPlan(_goes_sparse(sparsity, sparsity_threshold, speedup), rows, sparsity, density, speedup)

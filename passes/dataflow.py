@@ -39,10 +39,14 @@ def other_operand(call: relax.Call, operand: relax.Expr) -> relax.Expr | None:
     return rhs if lhs.same_as(operand) else lhs if rhs.same_as(operand) else None
 
 
+def bound_value(expr: relax.Expr, bindings) -> relax.Expr:
+    """What a variable of the function is bound to; any other expression as it is."""
+    return bindings.get(expr, expr) if isinstance(expr, relax.Var) else expr
+
+
 def constant_array(expr: relax.Expr, bindings) -> np.ndarray | None:
     """The value of a constant, or of a variable bound to reshape(constant) (ONNX biases)."""
-    if isinstance(expr, relax.Var) and expr in bindings:
-        expr = bindings[expr]
-        if is_op(expr, "relax.reshape") and isinstance(expr.args[0], Constant):
-            return expr.args[0].value.numpy().reshape([int(d) for d in expr.ty.shape.values])
-    return expr.value.numpy() if isinstance(expr, Constant) else None
+    value = bound_value(expr, bindings)
+    if value is not expr and is_op(value, "relax.reshape") and isinstance(value.args[0], Constant):
+        return value.args[0].value.numpy().reshape([int(d) for d in value.ty.shape.values])
+    return value.value.numpy() if isinstance(value, Constant) else None

@@ -25,7 +25,7 @@ from sparsec.schedules.f32_csr_matvec import CSRShape, csr_matvec_kernel, pack_p
 from sparsec.schedules.f32_bsr_matmul import BSREpilogue, BSRShape, bsr_columns_kernel, bsr_rows_kernel
 
 from .block_sparsity import LayerPlan, pack_bsr, plan_layer
-from .dataflow import Dataflow, constant_array, is_op, other_operand
+from .dataflow import Dataflow, bound_value, constant_array, is_op, other_operand
 
 
 @dataclass(frozen=True)
@@ -100,13 +100,15 @@ class DenseToBSR:
             plan = plan_layer(chain.weight_nk, m, self.options.sparsity_threshold, self.options.block, free_transpose, columns_only=chain.conv)
             self.decisions.append(LayerDecision(k, n, m, plan))
             layers[end] = _Layer(chain, plan, m)
-        reads_transposed = {layer.chain.matmul for layer in layers.values() if layer.plan.loop_order == "columns"}
-        layers_by_start = {layer.chain.matmul: layer for layer in layers.values()}
+        by_start = {layer.chain.matmul: layer for layer in layers.values()}
+
+        def reads_transposed(user: relax.Var) -> bool:  # a linear `columns` layer takes x^T
+            consumer = by_start.get(user)
+            return consumer is not None and consumer.plan.loop_order == "columns" and not consumer.chain.conv
+
         for end, layer in layers.items():
-            consumers = graph.users.get(end, [])
-            hands_over = feeds_only_layers(end) and all(user in reads_transposed and not layers_by_start[user].chain.conv for user in consumers)
-            linear_hand_over = not layer.chain.conv and layer.chain.residual is None and hands_over
-            layer.transposed_output = layer.plan.loop_order == "columns" and (layer.chain.conv or linear_hand_over)
+            hands_over = layer.chain.residual is None and feeds_only_layers(end) and all(reads_transposed(u) for u in graph.users[end])
+            layer.transposed_output = layer.plan.loop_order == "columns" and (layer.chain.conv or hands_over)
         return layers
 
 
@@ -173,9 +175,7 @@ def _constant_weight(value: relax.Expr, bindings) -> np.ndarray | None:
     """W^T as [N, K] for matmul(x, W) with a constant 2-D W (possibly behind permute_dims)."""
     if not is_op(value, "relax.matmul") or value.attrs.out_dtype not in ("", "void", None, "float32"):
         return None
-    weight = value.args[1]
-    if isinstance(weight, relax.Var) and weight in bindings:
-        weight = bindings[weight]
+    weight = bound_value(value.args[1], bindings)
     if isinstance(weight, Constant):
         array = weight.value.numpy()
         return np.ascontiguousarray(array.T) if array.ndim == 2 and array.dtype == np.float32 else None

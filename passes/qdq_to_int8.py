@@ -24,7 +24,7 @@ from sparsec.schedules.u8s8_bsr_matmul import Int8BSRShape, pack_int8_bsr, suppo
 from sparsec.schedules.u8s8_matmul import GROUP, Int8MatmulShape, Requantize, pack_weight, u8s8_matmul_kernel
 
 from .block_sparsity import Int8LayerPlan, plan_int8_layer
-from .dataflow import Dataflow, constant_array, is_op, other_operand
+from .dataflow import Dataflow, bound_value, constant_array, is_op, other_operand
 
 
 @dataclass
@@ -95,7 +95,7 @@ def _find_chains(graph: Dataflow) -> dict[relax.Var, _QuantizedChain]:
 def _dequantize_args(expr: relax.Expr, bindings):
     """(data, scale array, zero-point array, axis) when expr is (bound to) a dequantize with
     constant scale and zero point."""
-    value = bindings.get(expr, expr) if isinstance(expr, relax.Var) else expr
+    value = bound_value(expr, bindings)
     if not is_op(value, "relax.dequantize"):
         return None
     scale, zero_point = constant_array(value.args[1], bindings), constant_array(value.args[2], bindings)
@@ -116,7 +116,7 @@ def _quantized_activations(expr: relax.Expr, bindings) -> tuple[relax.Expr, int,
 
 def _quantized_weight(expr: relax.Expr, bindings) -> tuple[np.ndarray, np.ndarray] | None:
     """(int8 W as [N, K], per-output-channel scales [N]) for a symmetric constant weight."""
-    value = bindings.get(expr, expr) if isinstance(expr, relax.Var) else expr
+    value = bound_value(expr, bindings)
     transposed = is_op(value, "relax.permute_dims")  # Gemm transB=1: stored [N, K]
     if transposed:
         axes = value.attrs.axes
