@@ -30,16 +30,12 @@ def main() -> None:
     import tvm
     from tvm import relax
 
+    from sparsec.bench.runner import random_input
     from sparsec.runtime import load
 
     model = load(args.artifact, num_threads=args.threads)
     rng = np.random.default_rng(0)
-    feeds = []
-    for spec in model.inputs:
-        if spec.value_range is not None:
-            feeds.append(rng.integers(0, spec.value_range[1], spec.shape).astype(spec.dtype))
-        else:
-            feeds.append(rng.standard_normal(spec.shape).astype(spec.dtype))
+    feeds = [random_input(spec, rng) for spec in model.inputs]
 
     vm = relax.VirtualMachine(tvm.runtime.load_module(args.artifact), tvm.cpu())
     totals: dict[str, float] = defaultdict(float)

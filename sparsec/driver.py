@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +19,8 @@ from sparsec.frontend.loader import parse_input_shapes
 from sparsec.passes import BSROptions, DenseToBSR, Int8LayerDecision, LayerDecision, QDQToInt8, has_vnni, optimization_pipeline
 from sparsec.runtime.export import attach_metadata, export_atomically
 from sparsec.runtime.metadata import ArtifactMetadata, TensorInfo
-from sparsec.schedules import SCHEDULE_RULE_ATTR
 from sparsec.quantize import LayerError, QuantizationOptions, quantize_model
+from sparsec.schedules import SCHEDULE_RULE_ATTR
 from sparsec.target import TargetSpec, parse_target
 
 
@@ -103,10 +104,7 @@ def layer_summary(decisions: list[LayerDecision]) -> list[str]:
     for index, decision in enumerate(decisions):
         plan = decision.plan
         kernel = f"BSR {plan.block[0]}x{plan.block[1]} {plan.loop_order}" if plan.sparse else "dense"
-        lines.append(
-            f"  layer {index}: {decision.m}x{decision.k} @ {decision.k}x{decision.n}  {kernel:<18} "
-            f"sparsity {plan.sparsity:6.1%}  stored {plan.density:6.1%}  est. {plan.estimated_speedup:4.1f}x vs dense"
-        )
+        lines.append(f"  layer {index}: {decision.m}x{decision.k} @ {decision.k}x{decision.n}  {kernel:<18} {_plan_figures(plan)}")
     return lines
 
 
@@ -119,9 +117,14 @@ def int8_summary(decisions: list[Int8LayerDecision]) -> list[str]:
             kernel = "int8 (no VNNI)"
         else:
             kernel = f"int8 BSR {plan.block_rows}x4 VNNI" if decision.path == "vnni-bsr" else "int8 dense VNNI"
-        detail = f"  sparsity {plan.sparsity:6.1%}  stored {plan.density:6.1%}  est. {plan.estimated_speedup:4.1f}x vs dense" if plan else ""
+        detail = f"  {_plan_figures(plan)}" if plan else ""
         lines.append(f"  int8 layer {index}: {decision.m}x{decision.k} @ {decision.k}x{decision.n}  {kernel:<22}{detail}")
     return lines
+
+
+def _plan_figures(plan) -> str:
+    """A LayerPlan's or Int8LayerPlan's analysis, as both summaries print it."""
+    return f"sparsity {plan.sparsity:6.1%}  stored {plan.density:6.1%}  est. {plan.estimated_speedup:4.1f}x vs dense"
 
 
 def _output_infos(mod: tvm.IRModule, names: list[str]) -> tuple[TensorInfo, ...]:
@@ -140,10 +143,7 @@ def _schedule_rules(mod: tvm.IRModule) -> dict[str, str]:
 
 
 def _count_by_rule(schedules: dict[str, str]) -> str:
-    counts: dict[str, int] = {}
-    for rule in schedules.values():
-        counts[rule] = counts.get(rule, 0) + 1
-    return ", ".join(f"{rule} {count}" for rule, count in sorted(counts.items()))
+    return ", ".join(f"{rule} {count}" for rule, count in sorted(Counter(schedules.values()).items()))
 
 
 def _stage_reporter(progress: Callable[[str], None] | None, started: float) -> Callable[[str], None]:

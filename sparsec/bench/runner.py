@@ -114,18 +114,20 @@ def _artifact(config: BenchConfig, scratch: Path, say) -> Path:
     return compile_model(config.model, scratch / "model.so", target=config.target, input_shapes=shapes, progress=say).output
 
 
+def random_input(spec, rng: np.random.Generator) -> np.ndarray:
+    """Valid random data for an input of a compiled model (its metadata's TensorInfo)."""
+    if np.issubdtype(np.dtype(spec.dtype), np.integer):
+        # token ids: any row of their table; other integers (masks, segment ids): 0 or 1
+        high = spec.value_range[1] if spec.value_range else 2
+        return rng.integers(0, high, spec.shape).astype(spec.dtype)
+    return rng.standard_normal(spec.shape).astype(spec.dtype)
+
+
 def _feeds(config: BenchConfig, inputs) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(config.seed)
     feeds = {}
     for spec in inputs:
-        if spec.name in config.inputs:
-            feeds[spec.name] = _read_npy(config.inputs[spec.name])
-        elif np.issubdtype(np.dtype(spec.dtype), np.integer):
-            # token ids: any row of their table; other integers (masks, segment ids): 0 or 1
-            high = spec.value_range[1] if spec.value_range else 2
-            feeds[spec.name] = rng.integers(0, high, spec.shape).astype(spec.dtype)
-        else:
-            feeds[spec.name] = rng.standard_normal(spec.shape).astype(spec.dtype)
+        feeds[spec.name] = _read_npy(config.inputs[spec.name]) if spec.name in config.inputs else random_input(spec, rng)
     unknown = set(config.inputs) - {spec.name for spec in inputs}
     if unknown:
         raise SparsecError(f"--input {', '.join(sorted(unknown))}: the model has no such input")
