@@ -64,18 +64,44 @@ def weighted_layers(loaded: LoadedModel) -> list[LayerInfo]:
 
 
 def _sparse_plan(node: onnx.NodeProto, weight: np.ndarray, macs: int | None) -> tuple[str, float | None]:
-    """The compiler's dense-or-BSR choice for a MatMul/Gemm right-hand weight (convolutions and
-    left-hand weights stay dense: passes/dense_to_bsr.py rewrites x @ W only)."""
-    if node.op_type == "Conv" or weight.ndim != 2 or macs is None or weight.dtype != np.float32:
+    """The compiler's dense-or-BSR choice for a MatMul/Gemm right-hand weight or a pointwise (1x1)
+    convolution, as passes/dense_to_bsr.py makes it (left-hand weights and other convolutions
+    stay dense)."""
+    if macs is None or weight.dtype != np.float32:
         return "dense", None
     from sparsec.passes.block_sparsity import plan_layer
 
-    trans_b = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
-    weight_nk = weight if trans_b else weight.T
-    plan = plan_layer(np.ascontiguousarray(weight_nk), macs // weight.size)
+    if node.op_type == "Conv":
+        if not _is_pointwise(node, weight):
+            return "dense", None
+        # NCHW is the `columns` order's own layout: x is read channels-major, no transpose
+        plan = plan_layer(np.ascontiguousarray(weight.reshape(weight.shape[:2])), macs // weight.size, input_transposed=True, columns_only=True)
+    elif weight.ndim == 2:
+        trans_b = node.op_type == "Gemm" and _attribute(node, "transB", 0)
+        weight_nk = weight if trans_b else weight.T
+        plan = plan_layer(np.ascontiguousarray(weight_nk), macs // weight.size)
+    else:
+        return "dense", None
     if not plan.sparse:
         return "dense", plan.estimated_speedup
     return f"bsr {plan.block[0]}x{plan.block[1]} {plan.loop_order}", plan.estimated_speedup
+
+
+def _is_pointwise(node: onnx.NodeProto, weight: np.ndarray) -> bool:
+    """A 1x1, stride-1, unpadded, undilated, ungrouped convolution."""
+    return (
+        weight.ndim == 4
+        and weight.shape[2:] == (1, 1)
+        and _attribute(node, "group", 1) == 1
+        and all(v == 1 for v in _attribute(node, "strides", [1, 1]))
+        and all(v == 1 for v in _attribute(node, "dilations", [1, 1]))
+        and not any(_attribute(node, "pads", [0, 0, 0, 0]))
+    )
+
+
+def _attribute(node: onnx.NodeProto, name: str, default):
+    found = next((a for a in node.attribute if a.name == name), None)
+    return default if found is None else onnx.helper.get_attribute_value(found)
 
 
 def _weight_input(node: onnx.NodeProto, initializers: dict) -> str | None:

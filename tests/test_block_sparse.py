@@ -205,6 +205,9 @@ def test_pointwise_convolutions_become_bsr_with_fused_epilogues(compile_onnx, ba
     # bias + ReLU and bias + residual run inside the kernels, written straight in NCHW (channels-major)
     bsr = sorted(name for name, rule in result.schedules.items() if rule == "F32BSRColumns")
     assert bsr == ["bsr_columns_4x1_relu_nm", "bsr_columns_4x1_residual_nm"]
+    # `inspect` shows the same choice before compiling
+    inspected = sparsec.inspect(result.output.with_suffix(".onnx"))
+    assert [layer.kernel for layer in inspected] == [f"bsr {d.plan.block[0]}x{d.plan.block[1]} columns" for d in result.layers]
     assert "F32Conv2dNCHW" not in result.schedules.values()
     feeds = random_feeds(compiled)
     assert_close_relative(compiled.run(None, feeds)[0], onnxruntime_outputs(model, feeds)[0])
