@@ -1,11 +1,11 @@
 """Rewrite QDQ layers into integer kernels.
 
-Pattern (what QuantizeLinear/DequantizeLinear around MatMul/Gemm import as):
-    matmul(dequantize(q, sx, zx), W')  [+ bias] [relu]
-[quantize(., so, zo)]
+Pattern (what QuantizeLinear/DequantizeLinear around MatMul/Gemm/Conv import as):
+    matmul|conv2d(dequantize(q, sx, zx), W')  [+ bias] [relu] [quantize(., so, zo)]
 where q is a uint8/int8 activation tensor with per-tensor scale and zero point, and W' is
 dequantize(W, sw, 0) of a constant int8 weight (per-tensor or per-output-channel scales,
-symmetric), possibly behind permute_dims (Gemm transB=1). The bias is a float constant or
+symmetric), possibly behind permute_dims (Gemm transB=1). A convolution (NCHW, ungrouped) runs
+as the matmul of its im2col rows and W as [O, C*KH*KW]. The bias is a float constant or
 dequantize(int32 constant). The chain becomes one u8 x s8 -> int32 kernel with the dequantize
 (and bias, activation) epilogue; the float weight never exists. int8 activations are shifted
 into uint8 (+128, with the zero point) because vpdpbusd multiplies unsigned by signed bytes.
@@ -13,7 +13,7 @@ into uint8 (+128, with the zero point) because vpdpbusd multiplies unsigned by s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import tvm
@@ -25,6 +25,7 @@ from sparsec.schedules.u8s8_matmul import GROUP, Int8MatmulShape, Requantize, pa
 
 from .block_sparsity import Int8LayerPlan, plan_int8_layer
 from .dataflow import Dataflow, bound_value, constant_array, is_op, other_operand
+from .im2col import ConvGeometry, from_rows, im2col
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Int8LayerDecision:
     m: int
     path: str  # "vnni" | "generic" | "vnni-bsr"
     plan: Int8LayerPlan | None = None  # the sparse-or-dense analysis (VNNI targets)
+    op: str = "matmul"  # or "conv KHxKW" (run on its im2col rows)
 
 
 @dataclass
@@ -49,6 +51,7 @@ class _QuantizedChain:
     activation: str | None
     requantize: Requantize | None
     out_shape: tuple[int, ...]
+    conv: ConvGeometry | None  # None: a matmul
 
 
 @tvm.transform.module_pass(opt_level=0, name="sparsec.QDQToInt8")
@@ -70,13 +73,18 @@ class QDQToInt8:
 def _find_chains(graph: Dataflow) -> dict[relax.Var, _QuantizedChain]:
     chains = {}
     for var, value in graph.bindings.items():
-        if not is_op(value, "relax.matmul"):
+        is_conv = is_op(value, "relax.nn.conv2d")
+        if not (is_op(value, "relax.matmul") or is_conv):
             continue
         activations = _quantized_activations(value.args[0], graph.bindings)
         weight = _quantized_weight(value.args[1], graph.bindings)
         if activations is None or weight is None:
             continue
         weight_nk, weight_scale = weight
+        conv = ConvGeometry.of(value, weight_nk.shape) if is_conv else None
+        if is_conv != (conv is not None):
+            continue  # grouped or non-NCHW convolutions stay float
+        weight_nk = weight_nk.reshape(weight_nk.shape[0], -1)
         end, bias, activation = var, None, None
         add = graph.only_user_call(end, "relax.add")
         if add is not None and (bias := _bias(other_operand(graph.bindings[add], end), weight_nk.shape[0], graph.bindings)) is not None:
@@ -88,7 +96,7 @@ def _find_chains(graph: Dataflow) -> dict[relax.Var, _QuantizedChain]:
             requantize = _output_quantization(graph.bindings[quantize], graph.bindings)
             end = quantize if requantize is not None else end
         out_shape = tuple(int(d) for d in end.ty.shape.values)
-        chains[end] = _QuantizedChain(*activations, weight_nk, weight_scale, bias, activation, requantize, out_shape)
+        chains[end] = _QuantizedChain(*activations, weight_nk, weight_scale, bias, activation, requantize, out_shape, conv)
     return chains
 
 
@@ -115,7 +123,8 @@ def _quantized_activations(expr: relax.Expr, bindings) -> tuple[relax.Expr, int,
 
 
 def _quantized_weight(expr: relax.Expr, bindings) -> tuple[np.ndarray, np.ndarray] | None:
-    """(int8 W as [N, K], per-output-channel scales [N]) for a symmetric constant weight."""
+    """(int8 W as [N, K], per-output-channel scales [N]) for a symmetric constant weight: a
+    matmul's [K, N] (or [N, K] behind a transpose), or a convolution's [N, C, KH, KW]."""
     value = bound_value(expr, bindings)
     transposed = is_op(value, "relax.permute_dims")  # Gemm transB=1: stored [N, K]
     if transposed:
@@ -128,14 +137,15 @@ def _quantized_weight(expr: relax.Expr, bindings) -> tuple[np.ndarray, np.ndarra
         return None
     data, scale, zero_point, axis = found
     stored = constant_array(data, bindings)
-    if stored is None or stored.dtype != np.int8 or stored.ndim != 2 or np.any(zero_point != 0):
+    if stored is None or stored.dtype != np.int8 or stored.ndim not in (2, 4) or np.any(zero_point != 0):
         return None
-    weight_nk = stored if transposed else stored.T
-    output_axis = 0 if transposed else 1
+    output_first = transposed or stored.ndim == 4
+    weight_nk = stored if output_first else stored.T
+    output_axis = 0 if output_first else 1
     n = weight_nk.shape[0]
     if scale.size == 1:
         scales = np.full(n, float(scale.reshape(())), np.float32)
-    elif scale.size == n and axis % 2 == output_axis:
+    elif scale.size == n and axis % stored.ndim == output_axis:
         scales = scale.reshape(n).astype(np.float32)
     else:
         return None  # scales along the reduction axis cannot move past the sum
@@ -152,8 +162,13 @@ def _output_quantization(quantize: relax.Call, bindings) -> Requantize | None:
 
 
 def _bias(expr: relax.Expr | None, n: int, bindings) -> np.ndarray | None:
+    """n per-channel constants, float or dequantized int32, possibly reshaped (a convolution's
+    [1, n, 1, 1])."""
     if expr is None:
         return None
+    value = bound_value(expr, bindings)
+    if is_op(value, "relax.reshape") and value.args[0] is not expr:
+        expr = value.args[0]
     found = _dequantize_args(expr, bindings)
     if found is not None:
         data, scale, zero_point, _ = found
@@ -161,7 +176,7 @@ def _bias(expr: relax.Expr | None, n: int, bindings) -> np.ndarray | None:
         array = None if stored is None else (stored.astype(np.float64) - zero_point) * scale
     else:
         array = constant_array(expr, bindings)
-    if array is None or array.size != n or array.shape[-1] != n:
+    if array is None or array.size != n or n not in array.shape:
         return None
     return array.reshape(n).astype(np.float32)
 
@@ -181,21 +196,37 @@ class _Rewriter(PyExprMutator):
             super().visit_var_binding_(binding)
             return
         emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) else self.builder_.emit_output
-        self.set_var_remap(binding.var, emit(relax.op.reshape(self._int8_layer(chain), chain.out_shape)))
+        out = self._int8_layer(chain)
+        n = chain.weight_nk.shape[0]
+        out = relax.op.reshape(out, chain.out_shape) if chain.conv is None else from_rows(self.builder_, out, chain.conv, n)
+        self.set_var_remap(binding.var, emit(out))
+
+    def _unsigned_activations(self, chain: _QuantizedChain) -> tuple[relax.Expr, int]:
+        """The activations as uint8, and their zero point: s8 -> u8 is x + 128, zero point + 128."""
+        x = self.visit_expr(chain.activations)
+        if chain.activations.ty.dtype != "int8":
+            return x, chain.zero_point
+        shifted = relax.op.add(relax.op.astype(x, "int32"), relax.const(128, "int32"))
+        return self.builder_.emit(relax.op.astype(shifted, "uint8")), chain.zero_point + 128
 
     def _int8_layer(self, chain: _QuantizedChain) -> relax.Var:
-        n, k = chain.weight_nk.shape
-        m = int(np.prod(chain.out_shape)) // n
+        """The layer as an [M, N] product; a convolution's M counts its padded im2col rows."""
+        x, zero_point = self._unsigned_activations(chain)
+        weight_nk = chain.weight_nk
+        if chain.conv is not None:
+            x = im2col(self.builder_, x, chain.conv, zero_point)
+            weight_nk = np.pad(weight_nk, ((0, 0), (0, chain.conv.padded_columns - chain.conv.columns)))
+            m = chain.conv.padded_rows
+        else:
+            m = int(np.prod(chain.out_shape)) // weight_nk.shape[0]
+            x = self.builder_.emit(relax.op.reshape(x, (m, weight_nk.shape[1])))
+        chain = replace(chain, weight_nk=weight_nk)
+        n, k = weight_nk.shape
         vnni = self.vnni and k % GROUP == 0
-        plan = plan_int8_layer(chain.weight_nk, m, self.sparsity_threshold) if vnni else None
+        plan = plan_int8_layer(weight_nk, m, self.sparsity_threshold) if vnni else None
         sparse = plan is not None and plan.sparse and supports_int8_bsr(m, k, n, plan.block_rows)
-        self.decisions.append(Int8LayerDecision(k, n, m, "vnni-bsr" if sparse else "vnni" if vnni else "generic", plan))
-        x = self.builder_.emit(relax.op.reshape(self.visit_expr(chain.activations), (m, k)))
-        zero_point = chain.zero_point
-        if chain.activations.ty.dtype == "int8":  # s8 -> u8: x + 128, zero point + 128
-            shifted = relax.op.add(relax.op.astype(x, "int32"), relax.const(128, "int32"))
-            x = self.builder_.emit(relax.op.astype(shifted, "uint8"))
-            zero_point += 128
+        op = "matmul" if chain.conv is None else "conv {}x{}".format(*chain.conv.kernel)
+        self.decisions.append(Int8LayerDecision(k, n, m, "vnni-bsr" if sparse else "vnni" if vnni else "generic", plan, op))
         compensation = (zero_point * chain.weight_nk.astype(np.int32).sum(axis=1)).astype(np.int32)
         scale = (chain.scale * chain.weight_scale).astype(np.float32)
         bias = (chain.bias if chain.bias is not None else np.zeros(n, np.float32)).astype(np.float32)

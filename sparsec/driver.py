@@ -118,7 +118,8 @@ def int8_summary(decisions: list[Int8LayerDecision]) -> list[str]:
         else:
             kernel = f"int8 BSR {plan.block_rows}x4 VNNI" if decision.path == "vnni-bsr" else "int8 dense VNNI"
         detail = f"  {_plan_figures(plan)}" if plan else ""
-        lines.append(f"  int8 layer {index}: {decision.m}x{decision.k} @ {decision.k}x{decision.n}  {kernel:<22}{detail}")
+        shapes = f"{decision.m}x{decision.k} @ {decision.k}x{decision.n}"
+        lines.append(f"  int8 layer {index}: {decision.op:<8} {shapes:<22} {kernel:<22}{detail}")
     return lines
 
 

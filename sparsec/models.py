@@ -257,10 +257,11 @@ def quantize_qdq(
 def _random_samples(model: onnx.ModelProto, count: int) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(0)
     vocab = next((int(p.value) for p in model.metadata_props if p.key == "vocab_size"), 2)
+    weights = {init.name for init in model.graph.initializer}  # IR < 4 lists them as inputs too
     samples = []
     for _ in range(count):
         feeds = {}
-        for value in model.graph.input:
+        for value in (v for v in model.graph.input if v.name not in weights):
             shape = [d.dim_value or 1 for d in value.type.tensor_type.shape.dim]
             if value.type.tensor_type.elem_type == onnx.TensorProto.INT64:
                 feeds[value.name] = rng.integers(0, vocab, shape).astype(np.int64)

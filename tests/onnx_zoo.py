@@ -54,3 +54,17 @@ def onnxruntime_outputs(model: onnx.ModelProto | str | Path, feeds: dict[str, np
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     return session.run(None, feeds)
+
+
+def light_model_opset13(name: str, seed: int = 0) -> onnx.ModelProto:
+    """light_model() converted to opset 13 (per-channel DequantizeLinear needs it) and IR version
+    7, where initializers are no longer graph inputs: the form onnxruntime.quantization accepts."""
+    from onnx import version_converter
+
+    model = version_converter.convert_version(light_model(name, seed), 13)
+    weights = {init.name for init in model.graph.initializer}
+    inputs = [value for value in model.graph.input if value.name not in weights]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+    model.ir_version = 7
+    return model

@@ -1,0 +1,87 @@
+"""Convolutions as matrix products: an NCHW convolution's input unrolled into rows, one per output
+pixel, of (input channel, kernel row, kernel column) values, so an integer convolution runs on the
+integer matmul kernels. Padding takes the activations' zero point (the quantized 0.0)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import relax, te, tirx
+
+ROW_MULTIPLE = 16  # rows padded to whole 16-row vectors and 8-row tiles of the integer kernels
+COLUMN_MULTIPLE = 4  # columns padded to whole vpdpbusd groups (their weights are zero)
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """An ungrouped NCHW/OIHW conv2d's shapes."""
+
+    batch: int
+    channels: int
+    height: int
+    width: int
+    kernel: tuple[int, int]
+    strides: tuple[int, int]
+    padding: tuple[int, int]  # top, left (bottom and right follow from the output size)
+    dilation: tuple[int, int]
+    out_height: int
+    out_width: int
+
+    @staticmethod
+    def of(conv: relax.Call, weight_shape: tuple[int, ...]) -> ConvGeometry | None:
+        attrs = conv.attrs
+        layouts = (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) == ("NCHW", "OIHW", "NCHW")
+        if not layouts or int(attrs.groups) != 1 or len(weight_shape) != 4:
+            return None
+        batch, channels, height, width = (int(d) for d in conv.args[0].ty.shape.values)
+        *_, out_height, out_width = (int(d) for d in conv.ty.shape.values)
+        pair = lambda values: (int(values[0]), int(values[1]))  # noqa: E731
+        return ConvGeometry(
+            batch, channels, height, width, pair(weight_shape[2:]), pair(attrs.strides), pair(attrs.padding[:2]), pair(attrs.dilation), out_height, out_width
+        )
+
+    @property
+    def rows(self) -> int:
+        return self.batch * self.out_height * self.out_width
+
+    @property
+    def columns(self) -> int:
+        return self.channels * self.kernel[0] * self.kernel[1]
+
+    @property
+    def padded_rows(self) -> int:
+        return -(-self.rows // ROW_MULTIPLE) * ROW_MULTIPLE
+
+    @property
+    def padded_columns(self) -> int:
+        return -(-self.columns // COLUMN_MULTIPLE) * COLUMN_MULTIPLE
+
+
+def im2col(builder: relax.BlockBuilder, x: relax.Expr, geometry: ConvGeometry, pad_value: int) -> relax.Var:
+    """x [B, C, H, W] -> [padded rows, padded columns]; row b*OH*OW + y*OW + x, column
+    c*KH*KW + ky*KW + kx."""
+    g = geometry
+    kh, kw = g.kernel
+    pixels = g.out_height * g.out_width
+
+    def unroll(data: te.Tensor) -> te.Tensor:
+        def value(row, column):
+            b, pixel = row // pixels, row % pixels
+            c, tap = column // (kh * kw), column % (kh * kw)
+            y = pixel // g.out_width * g.strides[0] - g.padding[0] + tap // kw * g.dilation[0]
+            x = pixel % g.out_width * g.strides[1] - g.padding[1] + tap % kw * g.dilation[1]
+            inside = tirx.all(row < g.rows, column < g.columns, y >= 0, y < g.height, x >= 0, x < g.width)
+            return tirx.if_then_else(inside, data[b, c, y, x], tirx.const(pad_value, data.dtype))
+
+        return te.compute((g.padded_rows, g.padded_columns), value, name="im2col")
+
+    return builder.emit_te(unroll, x, primfunc_name_hint="im2col")
+
+
+def from_rows(builder: relax.BlockBuilder, rows: relax.Expr, geometry: ConvGeometry, channels: int) -> relax.Expr:
+    """The product [padded rows, channels] back to NCHW [B, channels, OH, OW]."""
+    g = geometry
+    valid = builder.emit(relax.op.strided_slice(rows, axes=[0], begin=[0], end=[g.rows]))
+    per_image = builder.emit(relax.op.reshape(valid, (g.batch, g.out_height * g.out_width, channels)))
+    channels_first = builder.emit(relax.op.permute_dims(per_image, [0, 2, 1]))
+    return relax.op.reshape(channels_first, (g.batch, channels, g.out_height, g.out_width))
