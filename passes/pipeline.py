@@ -24,10 +24,18 @@ def has_vnni(target: Target) -> bool:
 
 
 def optimization_pipeline(
-    target: Target, sparse: DenseToBSR | None = None, quantized: QDQToInt8 | None = None
+    target: Target,
+    sparse: DenseToBSR | None = None,
+    quantized: QDQToInt8 | None = None,
+    tuned: tvm.transform.Pass | None = None,
+    schedule: bool = True,
 ) -> tvm.transform.Pass:
     """`sparse`, `quantized`: the DenseToBSR and QDQToInt8 passes to run first (their
-    `decisions` report each layer); default options when None."""
+    `decisions` report each layer); default options when None. `tuned`: the pass that applies a
+    tuning log's records, before the default schedules. `schedule=False` stops before any
+    scheduling (what `sparsec tune` extracts its tasks from)."""
+    scheduling = [tuned] if tuned is not None else []
+    scheduling += [default_schedule_pass(target)] if schedule else []
     return tvm.transform.Sequential(
         [
             quantized if quantized is not None else QDQToInt8(vnni=has_vnni(target)),
@@ -40,7 +48,7 @@ def optimization_pipeline(
             relax.transform.FuseOps(),
             relax.transform.FuseTIR(),
             relax.transform.DeadCodeElimination(),
-            default_schedule_pass(target),
+            *scheduling,
         ],
         name="sparsec.optimization_pipeline",
     )

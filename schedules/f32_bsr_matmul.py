@@ -16,7 +16,7 @@ compile times explode, see shared/TVM027.md).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from tvm import tirx
 from tvm.script import tirx as T
@@ -24,6 +24,7 @@ from tvm.script import tirx as T
 from .apply import mark_scheduled
 from .common import MAX_REGISTER_TILE_BYTES, without_param
 from .epilogues import activation
+from .tunable import TunableFamily, divisors_among, tag
 
 ROW_TILE_CANDIDATES = (8, 4, 2, 1)
 COLUMN_TILE_CANDIDATES = (64, 32, 16, 8, 4, 2, 1)
@@ -60,12 +61,17 @@ class BSREpilogue:
         return "".join(f"_{part}" for part in parts if part)
 
 
-def bsr_rows_kernel(shape: BSRShape, epilogue: BSREpilogue = BSREpilogue()) -> tirx.PrimFunc:
+def _rows_space(shape: BSRShape) -> list[dict]:
+    return [{"rows": t} for t in divisors_among(shape.m, ROW_TILE_CANDIDATES) if t * shape.block_rows * 4 <= MAX_REGISTER_TILE_BYTES]
+
+
+def bsr_rows_kernel(shape: BSRShape, epilogue: BSREpilogue = BSREpilogue(), knobs: dict | None = None) -> tirx.PrimFunc:
     """x [M, K], data [blocks, C, R], indices [blocks], indptr [N/R + 1], bias [N] -> out [M, N].
-    Tile: MR rows of M x the block's R outputs, vectors along R."""
+    Tile: MR rows of M x the block's R outputs, vectors along R. Knobs: {"rows": MR}."""
     R, C = shape.block_rows, shape.block_cols
-    MR = next(t for t in ROW_TILE_CANDIDATES if shape.m % t == 0 and t * R * 4 <= MAX_REGISTER_TILE_BYTES)
-    return mark_scheduled(
+    knobs = knobs or _rows_space(shape)[0]
+    MR = knobs["rows"]
+    return _tagged("f32_bsr_rows", shape, epilogue, knobs, mark_scheduled(
         _bsr_kernel(
             shape,
             epilogue,
@@ -80,18 +86,34 @@ def bsr_rows_kernel(shape: BSRShape, epilogue: BSREpilogue = BSREpilogue()) -> t
             out_channel=lambda a, b, nb: nb * R + b,
         ),
         "F32BSRRows",
-    )
+    ))
 
 
-def bsr_columns_kernel(shape: BSRShape, epilogue: BSREpilogue = BSREpilogue()) -> tirx.PrimFunc:
-    """xT [K, M], data [blocks, R, C], indices [blocks], indptr [N/R + 1], bias [N] -> out [M, N].
-    Tile: the block's R outputs x MT rows of M, vectors along M."""
-    R, C = shape.block_rows, shape.block_cols
+def _columns_default(shape: BSRShape, epilogue: BSREpilogue) -> dict:
     # an [M, N] store of a narrow block row writes R floats per cache line: group block rows
-    wanted = 1 if epilogue.transposed_output else max(1, MIN_STORED_CHANNELS // R)
+    wanted = 1 if epilogue.transposed_output else max(1, MIN_STORED_CHANNELS // shape.block_rows)
     G = next(g for g in (wanted, 1) if shape.block_row_count % g == 0)
-    MT = next(t for t in COLUMN_TILE_CANDIDATES if shape.m % t == 0 and t * G * R * 4 <= MAX_REGISTER_TILE_BYTES)
-    return mark_scheduled(
+    MT = next(t for t in COLUMN_TILE_CANDIDATES if shape.m % t == 0 and t * G * shape.block_rows * 4 <= MAX_REGISTER_TILE_BYTES)
+    return {"group": G, "tile": MT}
+
+
+def _columns_space(shape: BSRShape) -> list[dict]:
+    return [
+        {"group": g, "tile": t}
+        for g in divisors_among(shape.block_row_count, (1, 2, 4, 8, 16))
+        for t in divisors_among(shape.m, COLUMN_TILE_CANDIDATES)
+        if t * g * shape.block_rows * 4 <= MAX_REGISTER_TILE_BYTES and (t >= 8 or t == shape.m)
+    ]
+
+
+def bsr_columns_kernel(shape: BSRShape, epilogue: BSREpilogue = BSREpilogue(), knobs: dict | None = None) -> tirx.PrimFunc:
+    """xT [K, M], data [blocks, R, C], indices [blocks], indptr [N/R + 1], bias [N] -> out [M, N].
+    Tile: the block's R outputs x MT rows of M, vectors along M. Knobs: {"group": G block rows
+    per tile, "tile": MT}."""
+    R, C = shape.block_rows, shape.block_cols
+    knobs = knobs or _columns_default(shape, epilogue)
+    G, MT = knobs["group"], knobs["tile"]
+    return _tagged("f32_bsr_columns", shape, epilogue, knobs, mark_scheduled(
         _bsr_kernel(
             shape,
             epilogue,
@@ -106,7 +128,21 @@ def bsr_columns_kernel(shape: BSRShape, epilogue: BSREpilogue = BSREpilogue()) -
             out_channel=lambda a, b, nb: nb * R + a,
         ),
         "F32BSRColumns",
-    )
+    ))
+
+
+def _tagged(family: str, shape: BSRShape, epilogue: BSREpilogue, knobs: dict, func: tirx.PrimFunc) -> tirx.PrimFunc:
+    return tag(func, family, {"shape": asdict(shape), "epilogue": asdict(epilogue)}, knobs)
+
+
+def _from_workload(workload: dict) -> tuple[BSRShape, BSREpilogue]:
+    return BSRShape(**workload["shape"]), BSREpilogue(**workload["epilogue"])
+
+
+TUNABLE = [
+    TunableFamily("f32_bsr_rows", lambda w: _rows_space(_from_workload(w)[0]), lambda w, knobs: bsr_rows_kernel(*_from_workload(w), knobs)),
+    TunableFamily("f32_bsr_columns", lambda w: _columns_space(_from_workload(w)[0]), lambda w, knobs: bsr_columns_kernel(*_from_workload(w), knobs)),
+]
 
 
 def _bsr_kernel(shape: BSRShape, epilogue: BSREpilogue, tile, group, channel_axis, rows_per_step, x_shape, data_shape, product, out_row, out_channel) -> tirx.PrimFunc:

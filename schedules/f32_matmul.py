@@ -76,8 +76,44 @@ def find_matmul_block(sch: s_tir.Schedule) -> s_tir.schedule.SBlockRV | None:
     return block if kinds.count("R") == 1 and kinds.endswith("R") and kinds.count("S") >= 2 else None
 
 
+def tile_space(m: int, n: int, lanes: int) -> list[dict]:
+    """Every register tile that divides the output and fits the register file, as knobs."""
+    return [
+        {"rows": rows, "vectors": vectors}
+        for rows in ROW_TILE_CANDIDATES
+        if m % rows == 0
+        for vectors in range(1, MAX_ACCUMULATORS // rows + 1)
+        if n % (vectors * lanes) == 0 and rows * vectors * lanes * 4 <= MAX_REGISTER_TILE_BYTES
+    ]
+
+
 class F32Matmul(ScheduleRule):
+    """Tunable: `space()` lists knobs {"rows": MR, "vectors": NR / lanes}; `apply_knobs` uses one."""
+
+    family = "f32_matmul"
+
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
+        return self.apply_knobs(func, target, None)
+
+    def space(self, func: tirx.PrimFunc, target: Target) -> list[dict]:
+        sch = s_tir.Schedule(func)
+        matmul = find_matmul_block(sch)
+        if matmul is None or sch.get(matmul).body.buffer.dtype != "float32":
+            return []
+        *_, i, j, _k = sch.get_loops(matmul)
+        m, n = loop_extent(sch, i), loop_extent(sch, j)
+        return [] if m is None or n is None else tile_space(m, n, vector_lanes(target))
+
+    def default_knobs(self, func: tirx.PrimFunc, target: Target) -> dict | None:
+        """The knobs `apply` picks, when they are in the space."""
+        sch = s_tir.Schedule(func)
+        matmul = find_matmul_block(sch)
+        *_, i, j, _k = sch.get_loops(matmul)
+        tile = choose_tile(loop_extent(sch, i), loop_extent(sch, j), vector_lanes(target))
+        knobs = {"rows": tile.rows, "vectors": tile.vectors}
+        return knobs if knobs in self.space(func, target) else None
+
+    def apply_knobs(self, func: tirx.PrimFunc, target: Target, knobs: dict | None) -> s_tir.Schedule | None:
         sch = s_tir.Schedule(func)
         matmul = find_matmul_block(sch)
         if matmul is None or sch.get(matmul).body.buffer.dtype != "float32":
@@ -89,7 +125,8 @@ class F32Matmul(ScheduleRule):
         m, n = loop_extent(sch, i), loop_extent(sch, j)
         if m is None or n is None:
             return None
-        tile = choose_tile(m, n, vector_lanes(target))
+        lanes = vector_lanes(target)
+        tile = choose_tile(m, n, lanes) if knobs is None else MatmulTile(knobs["rows"], knobs["vectors"], lanes)
         io, ii = sch.split(i, [None, tile.rows])
         jo, jv, jl = sch.split(j, [None, tile.vectors, tile.lanes])
         sch.reorder(*batch, jo, io, k, ii, jv, jl)

@@ -11,7 +11,7 @@ dense kernel's (zero-point compensation, scale, bias, activation, optional requa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import scipy.sparse
@@ -19,6 +19,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from .apply import mark_scheduled
+from .tunable import TunableFamily, divisors_among, tag
 from .u8s8_matmul import GROUP, LANES, MAX_ACCUMULATORS, Requantize, output_epilogue
 
 ROWS_PER_VECTOR = LANES  # rows of M per vpdpbusd
@@ -53,16 +54,16 @@ def pack_int8_bsr(weight_nk: np.ndarray, block_rows: int) -> tuple[np.ndarray, n
 
 
 def u8s8_bsr_kernel(
-    shape: Int8BSRShape, activation_name: str | None = None, requantize: Requantize | None = None
+    shape: Int8BSRShape, activation_name: str | None = None, requantize: Requantize | None = None, knobs: dict | None = None
 ) -> tirx.PrimFunc:
     """x u8 [K/4, M, 4], data, indices, indptr, compensation i32 [N], scale f32 [N], bias f32 [N]
-    -> out [M, N] (f32, or the requantize dtype)."""
+    -> out [M, N] (f32, or the requantize dtype). Knobs: {"group": G block rows per tile,
+    "vectors": 16-row vectors of M per tile}."""
     M, N, R, nnz = shape.m, shape.n, shape.block_rows, shape.stored_blocks
     KG, NB = shape.k // GROUP, shape.n // R
-    # narrow blocks: G block rows per tile, so the stores write G * R contiguous channels
-    G = next(g for g in (max(1, MIN_STORED_CHANNELS // R), 1) if NB % g == 0)
+    knobs = knobs or _default_knobs(shape)
+    G, vectors = knobs["group"], knobs["vectors"]
     C = G * R  # channels per tile
-    vectors = next(v for v in (8, 4, 2, 1) if (M // ROWS_PER_VECTOR) % v == 0 and C * v <= MAX_ACCUMULATORS)
     MT = vectors * ROWS_PER_VECTOR
     out_dtype = requantize.dtype if requantize is not None else "float32"
     finish = output_epilogue(activation_name, requantize)
@@ -105,4 +106,29 @@ def u8s8_bsr_kernel(
                                 T.Cast("float32", acc[c, b] - compensation[nbo * C + c]) * scale[nbo * C + c] + bias[nbo * C + c]
                             )
 
-    return mark_scheduled(kernel, "U8S8BSRVNNI")
+    workload = {"shape": asdict(shape), "activation": activation_name, "requantize": asdict(requantize) if requantize else None}
+    return tag(mark_scheduled(kernel, "U8S8BSRVNNI"), "u8s8_bsr", workload, knobs)
+
+
+def _default_knobs(shape: Int8BSRShape) -> dict:
+    # narrow blocks: G block rows per tile, so the stores write G * R contiguous channels
+    G = next(g for g in (max(1, MIN_STORED_CHANNELS // shape.block_rows), 1) if (shape.n // shape.block_rows) % g == 0)
+    vectors = next(v for v in (8, 4, 2, 1) if (shape.m // ROWS_PER_VECTOR) % v == 0 and G * shape.block_rows * v <= MAX_ACCUMULATORS)
+    return {"group": G, "vectors": vectors}
+
+
+def _space(shape: Int8BSRShape) -> list[dict]:
+    return [
+        {"group": g, "vectors": v}
+        for g in divisors_among(shape.n // shape.block_rows, (1, 2, 4, 8, 16))
+        for v in divisors_among(shape.m // ROWS_PER_VECTOR, (8, 4, 2, 1))
+        if g * shape.block_rows * v <= 2 * MAX_ACCUMULATORS
+    ]
+
+
+def _build(workload: dict, knobs: dict | None) -> tirx.PrimFunc:
+    requantize = Requantize(**workload["requantize"]) if workload["requantize"] else None
+    return u8s8_bsr_kernel(Int8BSRShape(**workload["shape"]), workload["activation"], requantize, knobs)
+
+
+TUNABLE = [TunableFamily("u8s8_bsr", lambda w: _space(Int8BSRShape(**w["shape"])), _build)]

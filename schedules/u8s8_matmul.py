@@ -14,7 +14,7 @@ Two instruction paths, chosen by the target:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from tvm import tirx
@@ -22,6 +22,7 @@ from tvm.script import tirx as T
 
 from .apply import mark_scheduled
 from .epilogues import activation
+from .tunable import TunableFamily, divisors_among, tag
 
 LANES = 16  # int32 lanes of one 512-bit register: output channels per vpdpbusd
 GROUP = 4  # reduction elements per vpdpbusd lane
@@ -86,17 +87,34 @@ def pack_weight(weight_nk: np.ndarray, vnni: bool) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(shape.padded_n // LANES, LANES, shape.padded_k // GROUP, GROUP).transpose(0, 2, 1, 3))
 
 
+def _space(shape: Int8MatmulShape) -> list[dict]:
+    """{"rows": MR, "blocks": NR}: MR rows x NR vectors of 16 channels per register tile."""
+    blocks = shape.padded_n // LANES
+    return [
+        {"rows": r, "blocks": b}
+        for r in divisors_among(shape.m, ROW_TILE_CANDIDATES)
+        for b in divisors_among(blocks, (4, 2, 1))
+        if r * b <= MAX_ACCUMULATORS
+    ]
+
+
+def _default_knobs(shape: Int8MatmulShape) -> dict:
+    MR = next(t for t in ROW_TILE_CANDIDATES if shape.m % t == 0)
+    # vector blocks of 16 channels per tile: the MR broadcast activations feed NR instructions each
+    NR = next(t for t in BLOCK_TILE_CANDIDATES if (shape.padded_n // LANES) % t == 0 and MR * t <= MAX_ACCUMULATORS)
+    return {"rows": MR, "blocks": NR}
+
+
 def u8s8_matmul_kernel(
-    shape: Int8MatmulShape, vnni: bool, activation_name: str | None = None, requantize: Requantize | None = None
+    shape: Int8MatmulShape, vnni: bool, activation_name: str | None = None, requantize: Requantize | None = None, knobs: dict | None = None
 ) -> tirx.PrimFunc:
     """x u8 [M, K'] (K' = K padded to 4 for vnni), packed W, compensation i32 [N'], scale f32 [N'],
     bias f32 [N'] -> out [M, N], f32 or, with `requantize`, its integer dtype. N' = N padded to 16."""
     M, N = shape.m, shape.n
     K = shape.padded_k if vnni else shape.k
     NB, KG = shape.padded_n // LANES, shape.padded_k // GROUP
-    MR = next(t for t in ROW_TILE_CANDIDATES if M % t == 0)
-    # vector blocks of 16 channels per tile: the MR broadcast activations feed NR instructions each
-    NR = next(t for t in BLOCK_TILE_CANDIDATES if NB % t == 0 and MR * t <= MAX_ACCUMULATORS)
+    knobs = knobs or _default_knobs(shape)
+    MR, NR = knobs["rows"], knobs["blocks"]
     ragged_n = N % LANES != 0
     weight_shape = (NB, KG, LANES, GROUP) if vnni else (K, shape.padded_n)
     out_dtype = requantize.dtype if requantize is not None else "float32"
@@ -150,4 +168,13 @@ def u8s8_matmul_kernel(
                                 )
 
     family = "U8S8MatmulVNNI" if vnni else "U8S8Matmul"
-    return mark_scheduled(kernel, family)
+    workload = {"shape": asdict(shape), "vnni": vnni, "activation": activation_name, "requantize": asdict(requantize) if requantize else None}
+    return tag(mark_scheduled(kernel, family), "u8s8_matmul", workload, knobs)
+
+
+def _build(workload: dict, knobs: dict | None) -> tirx.PrimFunc:
+    requantize = Requantize(**workload["requantize"]) if workload["requantize"] else None
+    return u8s8_matmul_kernel(Int8MatmulShape(**workload["shape"]), workload["vnni"], workload["activation"], requantize, knobs)
+
+
+TUNABLE = [TunableFamily("u8s8_matmul", lambda w: _space(Int8MatmulShape(**w["shape"])), _build)]

@@ -1,4 +1,4 @@
-"""The `sparsec` command line: compile, inspect, run, bench."""
+"""The `sparsec` command line: compile, inspect, run, bench, tune."""
 
 from __future__ import annotations
 
@@ -54,6 +54,7 @@ def main():
     sparsec compile model.onnx -o model.so      compile to one self-contained .so
     sparsec run model.so --input x=x.npy        run it (numpy + TVM runtime only)
     sparsec bench model.onnx --compare onnxruntime   latency/throughput vs a peer
+    sparsec tune model.onnx --log model.json    tune kernels; compile --tuning-log uses the log
     """
 
 
@@ -74,8 +75,9 @@ def main():
 @click.option("--calibration-method", type=click.Choice(["minmax", "percentile"]), default="minmax", show_default=True, help="With --quantize: how activation ranges come from the calibration data.")
 @click.option("--exclude", multiple=True, metavar="NODE", help="With --quantize: keep this node (by ONNX node name) in fp32. Repeatable.")
 @click.option("--smooth-alpha", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True, help="With --quantize: SmoothQuant strength, how much of the activations' outlier range moves into the weights (0: off).")
+@click.option("--tuning-log", type=click.Path(dir_okay=False, exists=True, path_type=Path), metavar="LOG.json", help="Apply the best records `sparsec tune` wrote (for this target's ISA; records of another ISA are reported, not applied).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def compile(model: Path, output: Path | None, target: str, input_shapes: tuple[str, ...], sparsity_threshold, block, quantize, calibration_data, calibration_method, exclude, smooth_alpha, quiet: bool):  # noqa: A001
+def compile(model: Path, output: Path | None, target: str, input_shapes: tuple[str, ...], sparsity_threshold, block, quantize, calibration_data, calibration_method, exclude, smooth_alpha, tuning_log, quiet: bool):  # noqa: A001
     """Compile an ONNX MODEL into a shared library.
 
     Matmul/Gemm layers with pruned constant weights become block-sparse (BSR) kernels where that
@@ -105,6 +107,7 @@ def compile(model: Path, output: Path | None, target: str, input_shapes: tuple[s
         calibration_method=calibration_method,
         exclude=exclude,
         smooth_alpha=smooth_alpha,
+        tuning_log=tuning_log,
     )
     if not quiet:
         size_mb = result.output.stat().st_size / 1e6
@@ -115,12 +118,21 @@ def compile(model: Path, output: Path | None, target: str, input_shapes: tuple[s
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help=INPUT_SHAPE_HELP + " MACs need static shapes.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def inspect(model: Path, input_shapes: tuple[str, ...], as_json: bool):
+@click.option("--log", "tuning_log", type=click.Path(dir_okay=False, exists=True, path_type=Path), metavar="LOG.json", help="Instead: which of the model's tunable kernels this tuning log covers (for --target).")
+@click.option("--target", default="native", show_default=True, help="With --log: " + TARGET_HELP)
+def inspect(model: Path, input_shapes: tuple[str, ...], as_json: bool, tuning_log: Path | None, target: str):
     """Show the weighted layers of an ONNX MODEL: op, weight shape, sparsity (fraction of exact
     zeros), multiply-accumulates, and the kernel `compile` would choose (dense or BSR with its
-    block shape and loop order) with its estimated speedup over dense."""
+    block shape and loop order) with its estimated speedup over dense. With --log: the model's
+    tuning tasks and the log's best record for each."""
     import sparsec
 
+    if tuning_log is not None:
+        from sparsec.tuning_logs.coverage import log_coverage
+
+        coverage = log_coverage(model, tuning_log, target, list(input_shapes))
+        click.echo(json.dumps(coverage, indent=2) if as_json else coverage_table(coverage))
+        return
     layers = sparsec.inspect(model, list(input_shapes))
     if as_json:
         click.echo(json.dumps({"model": str(model), "layers": [layer.to_json() for layer in layers]}, indent=2))
@@ -147,6 +159,67 @@ def _layer_table(layers) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
     return "\n".join([*lines, footer])
+
+
+def coverage_table(coverage: dict) -> str:
+    lines = [f"{coverage['log']} for {coverage['isa']}: {coverage['covered']} of {len(coverage['tasks'])} tasks covered"]
+    for task in coverage["tasks"]:
+        best = "not in the log" if task["best_us"] is None else f"best {task['best_us']:.1f} us ({task['records']} records) {task['candidate']}"
+        lines.append(f"  {task['kernel']:<48} {task['family']:<16} x{task['call_sites']}  {best}")
+    lines += [f"warning: {w}" for w in coverage["warnings"]]
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--log", "log_path", type=click.Path(dir_okay=False, path_type=Path), help="The log to append records to (created if missing; an existing log is resumed).")
+@click.option("--target", default="native", show_default=True, help=TARGET_HELP)
+@click.option("--trials", type=click.IntRange(min=1), default=200, show_default=True, help="Measurements in all, shared evenly by the model's tasks.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help=INPUT_SHAPE_HELP)
+@click.option("--rpc-tracker", metavar="HOST:PORT", help="Measure on machines a TVM RPC tracker hands out (candidates are built here).")
+@click.option("--rpc-key", metavar="KEY", help="With --rpc-tracker: the device key the RPC servers registered with.")
+@click.option("--metaschedule/--no-metaschedule", default=True, show_default=True, help="Give dense fp32 tasks the budget left after their knob space to MetaSchedule.")
+@click.option("--merge", is_flag=True, help="Instead of tuning: merge the logs PATHS into -o.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="With --merge: the merged log.")
+def tune(paths, log_path, target, trials, input_shapes, rpc_tracker, rpc_key, metaschedule, merge, output):
+    """Tune the kernels of an ONNX model (PATHS: the model) for a CPU and append the measurements
+    to --log; `sparsec compile --tuning-log` applies the best ones.
+
+    Every distinct tunable kernel is a task: sparse and integer kernels (BSR fp32/int8, int8 dense)
+    search sparsec's own knobs (tiles, grouping), measured on the layer's real BSR arrays and ranked
+    by an XGBoost model once there is data; dense fp32 matmuls search tile knobs, then MetaSchedule.
+    Each measurement is flushed to the log as it finishes: rerun the same command after an
+    interruption and it resumes. With --merge, PATHS are logs merged into -o.
+    """
+    from sparsec.target import parse_target
+    from sparsec.tuning_logs.measure import RPCSettings
+    from sparsec.tuning_logs.progress import progress_for
+    from sparsec.tuning_logs.records import merge_logs
+    from sparsec.tuning_logs.tuner import tune_model
+
+    if merge:
+        if output is None:
+            raise SparsecError("--merge needs -o OUTPUT.json")
+        count, warnings = merge_logs(paths, output)
+        for warning in warnings:
+            click.echo(f"warning: {warning}", err=True)
+        click.echo(f"wrote {output}: {count} records from {len(paths)} logs", err=True)
+        return
+    if len(paths) != 1:
+        raise SparsecError("tune takes one model (or --merge LOG... -o OUT)")
+    if log_path is None:
+        raise SparsecError("tune needs --log FILE.json: where the records go")
+    rpc = RPCSettings.parse(rpc_tracker, rpc_key) if rpc_tracker else None
+    spec = parse_target(target)
+    say = lambda line: click.echo(line, err=True)  # noqa: E731
+    report = tune_model(paths[0], log_path, spec, trials, progress_for(), say, list(input_shapes), rpc, metaschedule)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    for outcome in report.outcomes:
+        gain = "" if not (outcome.default_us and outcome.best_us) else f"  {outcome.default_us / outcome.best_us:.2f}x over the default"
+        best = "no successful candidate" if outcome.best_us is None else f"{outcome.default_us or float('nan'):.1f} -> {outcome.best_us:.1f} us"
+        click.echo(f"{outcome.task.kernel}: {best}{gain}", err=True)
+    click.echo(f"log: {log_path}", err=True)
 
 
 @main.command()

@@ -3,6 +3,7 @@ one .so with its metadata, written atomically."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from collections import Counter
@@ -22,6 +23,8 @@ from sparsec.runtime.metadata import ArtifactMetadata, TensorInfo
 from sparsec.quantize import LayerError, QuantizationOptions, quantize_model
 from sparsec.schedules import SCHEDULE_RULE_ATTR
 from sparsec.target import TargetSpec, parse_target
+from sparsec.tuning_logs.apply import ApplyTuningRecords
+from sparsec.tuning_logs.records import read_log
 
 
 @dataclass
@@ -33,6 +36,7 @@ class CompileResult:
     layers: list[LayerDecision] = field(default_factory=list)  # float weighted layers, graph order
     quantization_errors: list[LayerError] = field(default_factory=list)  # with `quantize`: per quantized layer
     int8_layers: list[Int8LayerDecision] = field(default_factory=list)  # QDQ layers on integer kernels
+    tuned: dict[str, str] = field(default_factory=dict)  # kernel name -> the tuning record's candidate, as JSON
 
 
 def compile_model(
@@ -43,9 +47,11 @@ def compile_model(
     progress: Callable[[str], None] | None = None,
     sparse: BSROptions | None = None,
     quantize: QuantizationOptions | None = None,
+    tuning_log: str | Path | None = None,
 ) -> CompileResult:
     """Compile an ONNX model into a self-contained .so that `sparsec.runtime.load` runs.
-    `quantize`: quantize the fp32 model to int8 after training (calibrated) first."""
+    `quantize`: quantize the fp32 model to int8 after training (calibrated) first; `tuning_log`:
+    apply the best records `sparsec tune` wrote for this target's ISA."""
     started = time.perf_counter()
     say = _stage_reporter(progress, started)
     spec = target if isinstance(target, TargetSpec) else parse_target(target)
@@ -58,7 +64,8 @@ def compile_model(
             errors = quantize_model(Path(model), source, quantize)
             for line in quantization_report(errors):
                 say(line)
-        result = _compile(source, Path(model).name, output, spec, input_shapes, say, sparse)
+        tuning = _tuning_pass(tuning_log, spec, say) if tuning_log is not None else None
+        result = _compile(source, Path(model).name, output, spec, input_shapes, say, sparse, tuning)
     result.seconds = time.perf_counter() - started
     result.quantization_errors = errors
     return result
@@ -69,19 +76,40 @@ def quantization_report(errors: list[LayerError]) -> list[str]:
     return [f"  quantized {e.node}: relative error {e.relative_error:.2%}" for e in errors]
 
 
-def _compile(model: Path, source_name: str, output, spec: TargetSpec, input_shapes, say, sparse) -> CompileResult:
+def _tuning_pass(path: str | Path, spec: TargetSpec, say) -> ApplyTuningRecords:
+    tuning_log = read_log(path)
+    for warning in tuning_log.warnings:
+        say(f"warning: {warning}")
+    if tuning_log.records and spec.isa() not in tuning_log.isas():
+        say(f"warning: {path} was tuned for {', '.join(sorted(tuning_log.isas()))}, not {spec.isa()}: its records are not applied")
+    return ApplyTuningRecords(tuning_log, spec.isa(), spec.to_tvm())
+
+
+def optimized_module(model: Path, spec: TargetSpec, input_shapes, say, sparse=None, tuning=None, schedule: bool = True):
+    """(loaded model, optimized module, DenseToBSR pass, QDQToInt8 pass): the compile up to code
+    generation. `schedule=False` stops before any kernel is scheduled (for tuning)."""
     say(f"loading {model}")
     loaded = load_model(model, parse_input_shapes(input_shapes))
     say("importing to Relax")
     mod = import_to_relax(loaded)
     tvm_target = spec.to_tvm()
-    say(f"optimizing and scheduling for {spec.describe()}")
+    say(f"optimizing {'and scheduling ' if schedule else ''}for {spec.describe()}")
     sparse_pass = DenseToBSR(sparse)
     int8_pass = QDQToInt8(vnni=has_vnni(tvm_target), sparsity_threshold=sparse.sparsity_threshold if sparse else None)
     with tvm_target:
-        mod = optimization_pipeline(tvm_target, sparse_pass, int8_pass)(mod)
+        mod = optimization_pipeline(tvm_target, sparse_pass, int8_pass, tuned=tuning, schedule=schedule)(mod)
+    return loaded, mod, sparse_pass, int8_pass
+
+
+def _compile(model: Path, source_name: str, output, spec: TargetSpec, input_shapes, say, sparse, tuning) -> CompileResult:
+    tvm_target = spec.to_tvm()
+    loaded, mod, sparse_pass, int8_pass = optimized_module(model, spec, input_shapes, say, sparse, tuning)
     for line in int8_summary(int8_pass.decisions) + layer_summary(sparse_pass.decisions):
         say(line)
+    if tuning is not None:
+        say(f"tuning log: {len(tuning.applied)} kernels use tuned records")
+        for name, why in tuning.failed.items():
+            say(f"warning: the record for {name} could not be applied ({why}); it keeps its default schedule")
     metadata = ArtifactMetadata(
         inputs=tuple(TensorInfo(s.name, s.shape, s.dtype, s.value_range) for s in loaded.inputs),
         outputs=_output_infos(mod, [o.name for o in loaded.graph.output]),
@@ -95,7 +123,8 @@ def _compile(model: Path, source_name: str, output, spec: TargetSpec, input_shap
     executable = tvm.compile(mod, tvm_target)
     say(f"writing {output}")
     export_atomically(executable, Path(output))
-    return CompileResult(Path(output), spec, 0.0, schedules, layers=sparse_pass.decisions, int8_layers=int8_pass.decisions)
+    tuned = {name: json.dumps(record.candidate, sort_keys=True) for name, record in (tuning.applied.items() if tuning else [])}
+    return CompileResult(Path(output), spec, 0.0, schedules, layers=sparse_pass.decisions, int8_layers=int8_pass.decisions, tuned=tuned)
 
 
 def layer_summary(decisions: list[LayerDecision]) -> list[str]:

@@ -61,6 +61,10 @@ class TargetSpec:
 
         return bool(llvm_cpu_has_features([feature], self.to_tvm()))
 
+    def isa(self) -> str:
+        """What tuning records are keyed by: the CPU and its explicit features (not the cores)."""
+        return " ".join([self.mcpu, *sorted(self.mattr)])
+
     def describe(self) -> str:
         parts = [f"llvm -mcpu={self.mcpu}"]
         if self.mattr:

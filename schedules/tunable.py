@@ -1,0 +1,55 @@
+"""Tuning spaces of sparsec's own kernel families.
+
+A hand-written kernel is built from a workload (shapes, block shape, stored blocks, epilogue:
+everything JSON can carry) and knobs (tile sizes, grouping). Builders tag the PrimFunc with both,
+so the tuner can rebuild any kernel of a compiled module with other knobs, and `compile
+--tuning-log` can rebuild it with the best measured ones. Each family lists its valid knob
+settings for a workload; the first setting of a space is not special, the default is whatever the
+builder picks without knobs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tvm import tirx
+
+FAMILY_ATTR = "sparsec.family"
+WORKLOAD_ATTR = "sparsec.workload"
+KNOBS_ATTR = "sparsec.knobs"
+
+
+@dataclass(frozen=True)
+class TunableFamily:
+    name: str
+    space: Callable[[dict], list[dict]]  # workload -> every valid knob setting
+    build: Callable[[dict, dict | None], tirx.PrimFunc]  # workload, knobs (None: defaults) -> kernel
+
+
+def tag(func: tirx.PrimFunc, family: str, workload: dict, knobs: dict) -> tirx.PrimFunc:
+    return (
+        func.with_attr(FAMILY_ATTR, family)
+        .with_attr(WORKLOAD_ATTR, json.dumps(workload, sort_keys=True))
+        .with_attr(KNOBS_ATTR, json.dumps(knobs, sort_keys=True))
+    )
+
+
+def tagged_task(func: tirx.PrimFunc) -> tuple[str, str, dict] | None:
+    """(family, workload JSON, knobs) of a tagged kernel."""
+    attrs = func.attrs
+    if attrs is None or FAMILY_ATTR not in attrs:
+        return None
+    return str(attrs[FAMILY_ATTR]), str(attrs[WORKLOAD_ATTR]), json.loads(str(attrs[KNOBS_ATTR]))
+
+
+def families() -> dict[str, TunableFamily]:
+    from . import f32_bsr_matmul, u8s8_bsr_matmul, u8s8_matmul
+
+    found = [*f32_bsr_matmul.TUNABLE, *u8s8_matmul.TUNABLE, *u8s8_bsr_matmul.TUNABLE]
+    return {family.name: family for family in found}
+
+
+def divisors_among(extent: int, candidates) -> list[int]:
+    return [c for c in candidates if extent % c == 0]

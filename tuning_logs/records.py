@@ -1,0 +1,164 @@
+"""The tuning log: one JSON record per line, appended and flushed as each measurement finishes, so
+an interrupted run loses nothing it measured and a rerun resumes from it.
+
+A record names its task (a kernel family and its workload: shapes, dtypes, block shape and stored
+blocks, epilogue; the same layer shape in another model has the same key), the ISA it was measured
+on (records are only applied to the same ISA), the candidate (knobs for sparsec's own kernel
+spaces, or a MetaSchedule trace) and its latency. A line that does not parse is reported with its
+line number and skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sparsec.errors import SparsecError
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TaskKey:
+    family: str  # kernel family, e.g. "f32_bsr_columns", "u8s8_matmul_vnni", "f32_matmul"
+    workload: str  # canonical JSON of what the kernel is built from
+
+    def describe(self) -> str:
+        return f"{self.family} {self.workload}"
+
+
+@dataclass(frozen=True)
+class Record:
+    task: TaskKey
+    isa: str  # TargetSpec.isa(): CPU name and explicit features
+    candidate: dict  # {"knobs": {...}} or {"trace": <MetaSchedule trace JSON>}
+    latency_us: float | None  # None: the candidate failed to build or run
+    error: str | None = None
+    threads: int | None = None
+
+    def to_json(self) -> str:
+        value = asdict(self)
+        value["version"] = FORMAT_VERSION
+        return json.dumps(value, sort_keys=True)
+
+    @staticmethod
+    def from_json(line: str) -> Record:
+        value = json.loads(line)
+        if value.get("version") != FORMAT_VERSION:
+            raise ValueError(f"unknown record version {value.get('version')!r}")
+        task = TaskKey(**value["task"])
+        if not isinstance(value["candidate"], dict):
+            raise ValueError("candidate is not an object")
+        latency = value["latency_us"]
+        return Record(task, str(value["isa"]), value["candidate"], None if latency is None else float(latency), value.get("error"), value.get("threads"))
+
+
+@dataclass
+class LoadedLog:
+    records: list[Record] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # "<file>:<line>: <why>" per skipped line
+
+    def best(self, isa: str) -> dict[TaskKey, Record]:
+        """The fastest successful record of each task measured on `isa`."""
+        found: dict[TaskKey, Record] = {}
+        for record in self.records:
+            if record.isa != isa or record.latency_us is None:
+                continue
+            current = found.get(record.task)
+            if current is None or record.latency_us < current.latency_us:
+                found[record.task] = record
+        return found
+
+    def isas(self) -> set[str]:
+        return {record.isa for record in self.records}
+
+    def measured(self, isa: str) -> dict[TaskKey, list[Record]]:
+        by_task: dict[TaskKey, list[Record]] = {}
+        for record in self.records:
+            if record.isa == isa:
+                by_task.setdefault(record.task, []).append(record)
+        return by_task
+
+
+def read_log(path: str | Path) -> LoadedLog:
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as err:
+        raise SparsecError(f"{path}: cannot read the tuning log: {err.strerror}") from None
+    return parse_lines(lines, str(path))
+
+
+def parse_lines(lines: Iterable[str], name: str) -> LoadedLog:
+    log = LoadedLog()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            log.records.append(Record.from_json(line))
+        except (ValueError, KeyError, TypeError) as err:
+            log.warnings.append(f"{name}:{number}: skipped a corrupt record ({_short(err)})")
+    return log
+
+
+def _short(err: Exception) -> str:
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return text[:120]
+
+
+class LogWriter:
+    """Appends records to a log, one flushed and fsynced line each. A log that ends in a partial
+    line (a run killed mid-write) gets a newline first, so the next record starts clean."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a+b")  # noqa: SIM115 - closed by close()/the context manager
+        self._file.seek(0, os.SEEK_END)
+        if self._file.tell() > 0:
+            self._file.seek(-1, os.SEEK_END)
+            if self._file.read(1) != b"\n":
+                self._file.write(b"\n")
+        self._file.seek(0, os.SEEK_END)
+
+    def append(self, record: Record) -> None:
+        self._file.write(record.to_json().encode() + b"\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> LogWriter:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+
+def merge_logs(sources: Iterable[str | Path], output: str | Path) -> tuple[int, list[str]]:
+    """Every distinct record of `sources` into `output` (written whole, then renamed into place).
+    Returns (records written, warnings)."""
+    seen: set[str] = set()
+    lines: list[str] = []
+    warnings: list[str] = []
+    for source in sources:
+        log = read_log(source)
+        warnings += log.warnings
+        for record in log.records:
+            line = record.to_json()
+            if line not in seen:
+                seen.add(line)
+                lines.append(line)
+    output = Path(output)
+    partial = output.with_name(output.name + ".partial")
+    partial.write_text("".join(line + "\n" for line in lines))
+    partial.replace(output)
+    return len(lines), warnings
+
+
+def iter_tasks(log: LoadedLog) -> Iterator[TaskKey]:
+    yield from dict.fromkeys(record.task for record in log.records)

@@ -1,0 +1,163 @@
+"""`sparsec tune`: measure candidates for every distinct tunable kernel of a model and append the
+results to a log. A task's default kernel is measured first (the baseline the records must beat),
+then knob settings chosen by search.ModelRanker; dense fp32 tasks give what budget is left once
+their knob space is measured to MetaSchedule. Candidates already in the log for this ISA are not
+measured again, so rerunning the same command resumes an interrupted run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tvm.target import Target
+
+from sparsec.target import TargetSpec
+
+from .measure import Measurer, build_kernel, output_buffers
+from .metaschedule import metaschedule_best_trace
+from .records import LogWriter, Record, read_log
+from .search import ModelRanker
+from .tasks import Task, build_candidate, extract_tasks, random_inputs
+
+MIN_TRIALS_PER_TASK = 2  # the default and one alternative
+
+
+@dataclass
+class TaskOutcome:
+    task: Task
+    default_us: float | None = None
+    best_us: float | None = None
+    best_candidate: dict | None = None
+    measured: int = 0  # this run
+    resumed: int = 0  # found in the log
+    seen: list[tuple[dict, float | None]] = field(default_factory=list)  # (candidate, latency)
+
+
+@dataclass
+class TuneReport:
+    outcomes: list[TaskOutcome] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+class Progress:
+    """Per-task and overall progress; `plain` writes one line per event (not a terminal)."""
+
+    def task_started(self, index: int, total: int, task: Task, budget: int) -> None: ...
+    def measured(self, outcome: TaskOutcome, latency_us: float | None) -> None: ...
+    def task_finished(self, outcome: TaskOutcome) -> None: ...
+    def close(self) -> None: ...
+
+
+def tune_tasks(
+    tasks: list[Task],
+    spec: TargetSpec,
+    log_path: Path,
+    trials: int,
+    measurer: Measurer,
+    progress: Progress,
+    metaschedule: bool = True,
+) -> TuneReport:
+    """Spend `trials` measurements over `tasks` (evenly, at least MIN_TRIALS_PER_TASK each)."""
+    report = TuneReport()
+    existing = read_log(log_path) if log_path.exists() else None
+    if existing is not None:
+        report.warnings += existing.warnings
+    done = existing.measured(spec.isa()) if existing is not None else {}
+    budget = max(MIN_TRIALS_PER_TASK, trials // max(1, len(tasks)))
+    target = spec.to_tvm()
+    with LogWriter(log_path) as writer:
+        for index, task in enumerate(tasks):
+            outcome = TaskOutcome(task)
+            for record in done.get(task.key, []):
+                _note(outcome, record.candidate, record.latency_us)
+                outcome.resumed += 1
+            progress.task_started(index, len(tasks), task, budget)
+            _tune_one(task, outcome, budget, target, spec, measurer, writer, progress, metaschedule)
+            progress.task_finished(outcome)
+            report.outcomes.append(outcome)
+    return report
+
+
+def default_candidate(task: Task) -> dict:
+    return {"knobs": task.default_knobs} if task.default_knobs is not None else {"default": True}
+
+
+def _tune_one(task, outcome, budget, target: Target, spec, measurer, writer, progress, metaschedule) -> None:
+    seen = [candidate for candidate, _ in outcome.seen]
+    measured_knobs = [c.get("knobs") for c in seen]
+    remaining = budget - outcome.resumed
+    if default_candidate(task) not in seen and remaining > 0:
+        _measure(task, None, outcome, target, spec, measurer, writer, progress)
+        remaining -= 1
+    space = [k for k in task.space(target) if k not in measured_knobs and k != task.default_knobs]
+    ranker = ModelRanker(task.key.workload)
+    while remaining > 0 and space:
+        batch = ranker.next_batch(space, _knob_latencies(outcome), remaining)
+        for knobs in batch:
+            _measure(task, {"knobs": knobs}, outcome, target, spec, measurer, writer, progress)
+            space.remove(knobs)
+            remaining -= 1
+    if metaschedule and task.uses_metaschedule and remaining >= MIN_TRIALS_PER_TASK and not _has_trace(outcome):
+        trace = metaschedule_best_trace(task.func, target, remaining)
+        if trace is not None:
+            _measure(task, {"trace": trace}, outcome, target, spec, measurer, writer, progress)
+
+
+def _measure(task, candidate, outcome, target, spec: TargetSpec, measurer: Measurer, writer: LogWriter, progress) -> None:
+    latency, error = None, None
+    try:
+        func = build_candidate(task, candidate, target)
+        lib = build_kernel(func, target)
+        arrays = random_inputs(task)
+        latency = measurer.time(lib, arrays + output_buffers(func, len(arrays)))
+    except Exception as err:  # noqa: BLE001 - a failing candidate is recorded, the search goes on
+        error = str(err).strip().splitlines()[-1][:300] if str(err).strip() else type(err).__name__
+    if candidate is None:
+        candidate = default_candidate(task)
+    writer.append(Record(task.key, spec.isa(), candidate, latency, error, spec.num_cores))
+    _note(outcome, candidate, latency)
+    outcome.measured += 1
+    progress.measured(outcome, latency)
+
+
+def _note(outcome: TaskOutcome, candidate: dict, latency: float | None) -> None:
+    outcome.seen.append((candidate, latency))
+    if latency is None:
+        return
+    if candidate == default_candidate(outcome.task):
+        outcome.default_us = latency if outcome.default_us is None else min(outcome.default_us, latency)
+    if outcome.best_us is None or latency < outcome.best_us:
+        outcome.best_us, outcome.best_candidate = latency, candidate
+
+
+def _knob_latencies(outcome: TaskOutcome) -> list[tuple[dict, float]]:
+    return [(c["knobs"], t) for c, t in outcome.seen if t is not None and c.get("knobs") is not None]
+
+
+def _has_trace(outcome: TaskOutcome) -> bool:
+    return any("trace" in c for c, _ in outcome.seen)
+
+
+def tune_model(
+    model: Path,
+    log_path: Path,
+    spec: TargetSpec,
+    trials: int,
+    progress: Progress,
+    say,
+    input_shapes=None,
+    rpc=None,
+    metaschedule: bool = True,
+) -> TuneReport:
+    """Extract the model's tasks as `compile` would build them, then tune them into `log_path`."""
+    from sparsec.driver import optimized_module
+
+    _, mod, _, _ = optimized_module(model, spec, input_shapes, say, schedule=False)
+    tasks = extract_tasks(mod, spec.to_tvm())
+    measurer = Measurer(rpc)
+    say(f"{len(tasks)} tunable tasks; measuring on {measurer.where()}, {trials} trials in all")
+    try:
+        return tune_tasks(tasks, spec, log_path, trials, measurer, progress, metaschedule)
+    finally:
+        measurer.close()
+        progress.close()
