@@ -25,10 +25,12 @@ def compile(  # noqa: A001
     calibration_method="minmax",
     exclude=(),
     smooth_alpha=0.5,
+    tuning_log=None,
 ):
     """Compile an ONNX model to a .so. See `sparsec compile --help` for the arguments;
     `block` is (rows along the output axis, columns along the reduction axis); `quantize="int8"`
-    with `calibration_data` (an .npz) quantizes an fp32 model first."""
+    with `calibration_data` (an .npz) quantizes an fp32 model first; `tuning_log` applies the best
+    records of a `sparsec tune` log."""
     from pathlib import Path
 
     from sparsec.driver import compile_model
@@ -42,7 +44,9 @@ def compile(  # noqa: A001
         if quantize != "int8" or calibration_data is None:
             raise SparsecError("--quantize int8 is the only quantization, and it needs --calibration-data FILE.npz")
         quantization = QuantizationOptions(Path(calibration_data), calibration_method, tuple(exclude), smooth_alpha)
-    return compile_model(model, output, target=target, input_shapes=input_shapes, progress=progress, sparse=sparse, quantize=quantization)
+    return compile_model(
+        model, output, target=target, input_shapes=input_shapes, progress=progress, sparse=sparse, quantize=quantization, tuning_log=tuning_log
+    )
 
 
 def inspect(model, input_shapes=None):

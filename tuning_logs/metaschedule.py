@@ -30,4 +30,17 @@ def metaschedule_best_trace(func: tirx.PrimFunc, target: Target, trials: int) ->
             cost_model="xgb",
         )
         schedule = ms.tir_integration.compile_tir(database, mod, target)
-    return None if schedule is None else schedule.trace.as_json()
+    return None if schedule is None else _plain(schedule.trace.as_json())
+
+
+def _plain(value):
+    """The trace's TVM containers and immediates as JSON types (apply_json_to_schedule takes both)."""
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, (tvm.tirx.IntImm, tvm.tirx.FloatImm)):
+        return value.value
+    if isinstance(value, (int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return [_plain(v) for v in value]
