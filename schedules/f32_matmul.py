@@ -76,14 +76,23 @@ def find_matmul_block(sch: s_tir.Schedule) -> s_tir.schedule.SBlockRV | None:
     return block if kinds.count("R") == 1 and kinds.endswith("R") and kinds.count("S") >= 2 else None
 
 
-def tile_space(m: int, n: int, lanes: int) -> list[dict]:
-    """Every register tile that divides the output and fits the register file, as knobs."""
+ORDERS = ("panels", "rows")  # tiles walked column panel first (B panel stays in L2) or row first
+K_UNROLLS = (1, 4)
+
+
+def tile_space(m: int, n: int, k: int, lanes: int) -> list[dict]:
+    """Every register tile that divides the output and fits the register file, with each tile
+    walk order, reduction unroll and (column panels first) B panel packing, as knobs."""
     return [
-        {"rows": rows, "vectors": vectors}
+        {"rows": rows, "vectors": vectors, "order": order, "unroll_k": unroll, "pack_b": pack}
         for rows in ROW_TILE_CANDIDATES
         if m % rows == 0
         for vectors in range(1, MAX_ACCUMULATORS // rows + 1)
         if n % (vectors * lanes) == 0 and rows * vectors * lanes * 4 <= MAX_REGISTER_TILE_BYTES
+        for order in ORDERS
+        for unroll in K_UNROLLS
+        if k % unroll == 0
+        for pack in ((False, True) if order == "panels" else (False,))
     ]
 
 
@@ -100,9 +109,9 @@ class F32Matmul(ScheduleRule):
         matmul = find_matmul_block(sch)
         if matmul is None or sch.get(matmul).body.buffer.dtype != "float32":
             return []
-        *_, i, j, _k = sch.get_loops(matmul)
-        m, n = loop_extent(sch, i), loop_extent(sch, j)
-        return [] if m is None or n is None else tile_space(m, n, vector_lanes(target))
+        *_, i, j, k = sch.get_loops(matmul)
+        m, n, reduction = loop_extent(sch, i), loop_extent(sch, j), loop_extent(sch, k)
+        return [] if None in (m, n, reduction) else tile_space(m, n, reduction, vector_lanes(target))
 
     def default_knobs(self, func: tirx.PrimFunc, target: Target) -> dict | None:
         """The knobs `apply` picks, when they are in the space."""
@@ -110,7 +119,7 @@ class F32Matmul(ScheduleRule):
         matmul = find_matmul_block(sch)
         *_, i, j, _k = sch.get_loops(matmul)
         tile = choose_tile(loop_extent(sch, i), loop_extent(sch, j), vector_lanes(target))
-        knobs = {"rows": tile.rows, "vectors": tile.vectors}
+        knobs = {"rows": tile.rows, "vectors": tile.vectors, "order": ORDERS[0], "unroll_k": 1, "pack_b": False}
         return knobs if knobs in self.space(func, target) else None
 
     def apply_knobs(self, func: tirx.PrimFunc, target: Target, knobs: dict | None) -> s_tir.Schedule | None:
@@ -127,16 +136,28 @@ class F32Matmul(ScheduleRule):
             return None
         lanes = vector_lanes(target)
         tile = choose_tile(m, n, lanes) if knobs is None else MatmulTile(knobs["rows"], knobs["vectors"], lanes)
+        order, unroll_k = (knobs or {}).get("order", ORDERS[0]), (knobs or {}).get("unroll_k", 1)
+        pack = (knobs or {}).get("pack_b", False) and order == "panels"
         io, ii = sch.split(i, [None, tile.rows])
         jo, jv, jl = sch.split(j, [None, tile.vectors, tile.lanes])
-        sch.reorder(*batch, jo, io, k, ii, jv, jl)
+        ko, ki = sch.split(k, [None, unroll_k])
+        outer = (jo, io) if order == "panels" else (io, jo)
+        sch.reorder(*batch, *outer, ko, ki, ii, jv, jl)
         if epilogue is not None:
-            sch.reverse_compute_at(epilogue, io)
+            sch.reverse_compute_at(epilogue, outer[1])
             vectorize_innermost(sch, epilogue, tile.lanes)
-        sch.parallel(sch.fuse(*batch, jo, io))
+        if pack:  # copy the K x NR panel of B once per panel: the row tiles then stream it contiguously
+            panel = sch.cache_read(matmul, 1, "global")
+            sch.compute_at(panel, jo)
+            vectorize_innermost(sch, panel, tile.lanes)
+            sch.parallel(jo)
+        else:
+            sch.parallel(sch.fuse(*batch, *outer))
         sch.vectorize(jl)
         sch.unroll(jv)
         sch.unroll(ii)
-        init = sch.decompose_reduction(matmul, k)
+        if unroll_k > 1:
+            sch.unroll(ki)
+        init = sch.decompose_reduction(matmul, ko)
         vectorize_innermost(sch, init, tile.lanes)
         return sch

@@ -178,7 +178,7 @@ def coverage_table(coverage: dict) -> str:
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help=INPUT_SHAPE_HELP)
 @click.option("--rpc-tracker", metavar="HOST:PORT", help="Measure on machines a TVM RPC tracker hands out (candidates are built here).")
 @click.option("--rpc-key", metavar="KEY", help="With --rpc-tracker: the device key the RPC servers registered with.")
-@click.option("--metaschedule/--no-metaschedule", default=True, show_default=True, help="Give dense fp32 tasks the budget left after their knob space to MetaSchedule.")
+@click.option("--metaschedule/--no-metaschedule", default=True, show_default=True, help="Give half of each dense fp32 task's budget to MetaSchedule (slow: several seconds per trial).")
 @click.option("--merge", is_flag=True, help="Instead of tuning: merge the logs PATHS into -o.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="With --merge: the merged log.")
 def tune(paths, log_path, target, trials, input_shapes, rpc_tracker, rpc_key, metaschedule, merge, output):
@@ -187,7 +187,7 @@ def tune(paths, log_path, target, trials, input_shapes, rpc_tracker, rpc_key, me
 
     Every distinct tunable kernel is a task: sparse and integer kernels (BSR fp32/int8, int8 dense)
     search sparsec's own knobs (tiles, grouping), measured on the layer's real BSR arrays and ranked
-    by an XGBoost model once there is data; dense fp32 matmuls search tile knobs, then MetaSchedule.
+    by an XGBoost model once there is data; dense fp32 matmuls search tile knobs and MetaSchedule.
     Each measurement is flushed to the log as it finishes: rerun the same command after an
     interruption and it resumes. With --merge, PATHS are logs merged into -o.
     """

@@ -5,7 +5,9 @@ other candidate, so the log compares like with like."""
 
 from __future__ import annotations
 
+import logging
 import tempfile
+from contextlib import contextmanager
 
 import tvm
 from tvm import tirx
@@ -19,7 +21,9 @@ def metaschedule_best_trace(func: tirx.PrimFunc, target: Target, trials: int) ->
     from tvm.s_tir import meta_schedule as ms
 
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
-    with tempfile.TemporaryDirectory(prefix="sparsec-ms-") as work_dir:
+    # MetaSchedule logs every round to stdout at INFO; its own log files keep the detail
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="sparsec-ms-") as work_dir, _reaping_worker_processes():
         database = ms.tir_integration.tune_tir(
             mod,
             target,
@@ -31,6 +35,23 @@ def metaschedule_best_trace(func: tirx.PrimFunc, target: Target, trials: int) ->
         )
         schedule = ms.tir_integration.compile_tir(database, mod, target)
     return None if schedule is None else _plain(schedule.trace.as_json())
+
+
+@contextmanager
+def _reaping_worker_processes():
+    """MetaSchedule's builder and runner pools leave their popen workers running after the
+    search (and after this process exits): stop the ones started here."""
+    import psutil
+
+    me = psutil.Process()
+    before = {child.pid for child in me.children(recursive=True)}
+    try:
+        yield
+    finally:
+        started = [child for child in me.children(recursive=True) if child.pid not in before]
+        for child in started:
+            child.terminate()
+        psutil.wait_procs(started, timeout=5)
 
 
 def _plain(value):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import zlib
 
 import numpy as np
 
@@ -14,9 +15,16 @@ BATCH = 4  # candidates measured between two model fits
 
 
 def features(workload: str, knobs: dict) -> list[float]:
-    shape = json.loads(workload).get("shape", {})
-    dims = [math.log2(v) for _, v in sorted(shape.items()) if isinstance(v, int) and v > 0]
-    return [float(knobs[name]) for name in sorted(knobs)] + dims
+    """Knob values (a categorical one as a stable code: trees split on it all the same), then the
+    task's dimensions in log2."""
+    parsed = json.loads(workload)
+    dims = [v for _, v in sorted(parsed.get("shape", {}).items()) if isinstance(v, int)]
+    dims += [d for shape, _dtype in parsed.get("buffers", []) for d in shape]
+    return [_number(knobs[name]) for name in sorted(knobs)] + [math.log2(d) for d in dims if d > 0]
+
+
+def _number(value) -> float:
+    return float(value) if isinstance(value, (int, float)) else float(zlib.crc32(str(value).encode()) % 1024)
 
 
 class ModelRanker:

@@ -1,11 +1,12 @@
 """`sparsec tune`: measure candidates for every distinct tunable kernel of a model and append the
 results to a log. A task's default kernel is measured first (the baseline the records must beat),
-then knob settings chosen by search.ModelRanker; dense fp32 tasks give what budget is left once
-their knob space is measured to MetaSchedule. Candidates already in the log for this ISA are not
+then knob settings chosen by search.ModelRanker; dense fp32 tasks give half their budget (and
+what the knob space leaves unused) to MetaSchedule. Candidates already in the log for this ISA are not
 measured again, so rerunning the same command resumes an interrupted run."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,6 +90,9 @@ def _tune_one(task, outcome, budget, target: Target, spec, measurer, writer, pro
     if default_candidate(task) not in seen and remaining > 0:
         _measure(task, None, outcome, target, spec, measurer, writer, progress)
         remaining -= 1
+    use_metaschedule = metaschedule and task.uses_metaschedule and not _has_trace(outcome)
+    metaschedule_budget = remaining // 2 if use_metaschedule and remaining >= 2 * MIN_TRIALS_PER_TASK else 0
+    remaining -= metaschedule_budget
     space = [k for k in task.space(target) if k not in measured_knobs and k != task.default_knobs]
     ranker = ModelRanker(task.key.workload)
     while remaining > 0 and space:
@@ -97,8 +101,8 @@ def _tune_one(task, outcome, budget, target: Target, spec, measurer, writer, pro
             _measure(task, {"knobs": knobs}, outcome, target, spec, measurer, writer, progress)
             space.remove(knobs)
             remaining -= 1
-    if metaschedule and task.uses_metaschedule and remaining >= MIN_TRIALS_PER_TASK and not _has_trace(outcome):
-        trace = metaschedule_best_trace(task.func, target, remaining)
+    if metaschedule_budget:
+        trace = metaschedule_best_trace(task.func, target, metaschedule_budget + remaining)
         if trace is not None:
             _measure(task, {"trace": trace}, outcome, target, spec, measurer, writer, progress)
 
@@ -114,7 +118,8 @@ def _measure(task, candidate, outcome, target, spec: TargetSpec, measurer: Measu
         error = str(err).strip().splitlines()[-1][:300] if str(err).strip() else type(err).__name__
     if candidate is None:
         candidate = default_candidate(task)
-    writer.append(Record(task.key, spec.isa(), candidate, latency, error, spec.num_cores))
+    threads = int(os.environ.get("TVM_NUM_THREADS", "0")) or None
+    writer.append(Record(task.key, spec.isa(), candidate, latency, error, threads))
     _note(outcome, candidate, latency)
     outcome.measured += 1
     progress.measured(outcome, latency)
@@ -151,6 +156,11 @@ def tune_model(
 ) -> TuneReport:
     """Extract the model's tasks as `compile` would build them, then tune them into `log_path`."""
     from sparsec.driver import optimized_module
+    from sparsec.runtime.tvm_runtime import default_num_threads
+
+    # before TVM's thread pool starts: it would otherwise run half the cores, unlike deployment
+    threads = spec.num_cores or default_num_threads()
+    os.environ.setdefault("TVM_NUM_THREADS", str(threads))
 
     _, mod, _, _ = optimized_module(model, spec, input_shapes, say, schedule=False)
     tasks = extract_tasks(mod, spec.to_tvm())
