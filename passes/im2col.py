@@ -4,9 +4,11 @@ integer matmul kernels. Padding takes the activations' zero point (the quantized
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
-from tvm import relax, te, tirx
+from tvm import relax
+
+from sparsec.schedules.u8_im2col import Im2colShape, u8_im2col_kernel
 
 ROW_MULTIPLE = 16  # rows padded to whole 16-row vectors and 8-row tiles of the integer kernels
 COLUMN_MULTIPLE = 4  # columns padded to whole vpdpbusd groups (their weights are zero)
@@ -58,24 +60,12 @@ class ConvGeometry:
 
 
 def im2col(builder: relax.BlockBuilder, x: relax.Expr, geometry: ConvGeometry, pad_value: int) -> relax.Var:
-    """x [B, C, H, W] -> [padded rows, padded columns]; row b*OH*OW + y*OW + x, column
-    c*KH*KW + ky*KW + kx."""
-    g = geometry
-    kh, kw = g.kernel
-    pixels = g.out_height * g.out_width
-
-    def unroll(data: te.Tensor) -> te.Tensor:
-        def value(row, column):
-            b, pixel = row // pixels, row % pixels
-            c, tap = column // (kh * kw), column % (kh * kw)
-            y = pixel // g.out_width * g.strides[0] - g.padding[0] + tap // kw * g.dilation[0]
-            x = pixel % g.out_width * g.strides[1] - g.padding[1] + tap % kw * g.dilation[1]
-            inside = tirx.all(row < g.rows, column < g.columns, y >= 0, y < g.height, x >= 0, x < g.width)
-            return tirx.if_then_else(inside, data[b, c, y, x], tirx.const(pad_value, data.dtype))
-
-        return te.compute((g.padded_rows, g.padded_columns), value, name="im2col")
-
-    return builder.emit_te(unroll, x, primfunc_name_hint="im2col")
+    """x [B, C, H, W] -> [padded rows, padded columns] (schedules/u8_im2col.py)."""
+    shape = Im2colShape(*astuple(geometry), geometry.padded_rows, geometry.padded_columns)
+    dtype = str(x.ty.dtype)
+    kernel = builder.add_func(u8_im2col_kernel(shape, dtype, pad_value), "u8_im2col")
+    out_type = relax.TensorType((geometry.padded_rows, geometry.padded_columns), dtype)
+    return builder.emit(relax.call_tir(kernel, relax.Tuple([x]), out_type))
 
 
 def from_rows(builder: relax.BlockBuilder, rows: relax.Expr, geometry: ConvGeometry, channels: int) -> relax.Expr:
