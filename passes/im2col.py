@@ -4,66 +4,29 @@ integer matmul kernels. Padding takes the activations' zero point (the quantized
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass
-
 from tvm import relax
 
-from sparsec.schedules.u8_im2col import Im2colShape, u8_im2col_kernel
-
-ROW_MULTIPLE = 16  # rows padded to whole 16-row vectors and 8-row tiles of the integer kernels
-COLUMN_MULTIPLE = 4  # columns padded to whole vpdpbusd groups (their weights are zero)
+from sparsec.schedules.u8_im2col import ConvGeometry, u8_im2col_kernel
 
 
-@dataclass(frozen=True)
-class ConvGeometry:
-    """An ungrouped NCHW/OIHW conv2d's shapes."""
-
-    batch: int
-    channels: int
-    height: int
-    width: int
-    kernel: tuple[int, int]
-    strides: tuple[int, int]
-    padding: tuple[int, int]  # top, left (bottom and right follow from the output size)
-    dilation: tuple[int, int]
-    out_height: int
-    out_width: int
-
-    @staticmethod
-    def of(conv: relax.Call, weight_shape: tuple[int, ...]) -> ConvGeometry | None:
-        attrs = conv.attrs
-        layouts = (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) == ("NCHW", "OIHW", "NCHW")
-        if not layouts or int(attrs.groups) != 1 or len(weight_shape) != 4:
-            return None
-        batch, channels, height, width = (int(d) for d in conv.args[0].ty.shape.values)
-        *_, out_height, out_width = (int(d) for d in conv.ty.shape.values)
-        pair = lambda values: (int(values[0]), int(values[1]))  # noqa: E731
-        return ConvGeometry(
-            batch, channels, height, width, pair(weight_shape[2:]), pair(attrs.strides), pair(attrs.padding[:2]), pair(attrs.dilation), out_height, out_width
-        )
-
-    @property
-    def rows(self) -> int:
-        return self.batch * self.out_height * self.out_width
-
-    @property
-    def columns(self) -> int:
-        return self.channels * self.kernel[0] * self.kernel[1]
-
-    @property
-    def padded_rows(self) -> int:
-        return -(-self.rows // ROW_MULTIPLE) * ROW_MULTIPLE
-
-    @property
-    def padded_columns(self) -> int:
-        return -(-self.columns // COLUMN_MULTIPLE) * COLUMN_MULTIPLE
+def conv_geometry(conv: relax.Call, weight_shape: tuple[int, ...]) -> ConvGeometry | None:
+    """The shapes of an ungrouped NCHW/OIHW conv2d; None for any other convolution."""
+    attrs = conv.attrs
+    layouts = (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) == ("NCHW", "OIHW", "NCHW")
+    if not layouts or int(attrs.groups) != 1 or len(weight_shape) != 4:
+        return None
+    batch, channels, height, width = (int(d) for d in conv.args[0].ty.shape.values)
+    *_, out_height, out_width = (int(d) for d in conv.ty.shape.values)
+    pair = lambda values: (int(values[0]), int(values[1]))  # noqa: E731
+    return ConvGeometry(
+        batch, channels, height, width, pair(weight_shape[2:]), pair(attrs.strides), pair(attrs.padding[:2]), pair(attrs.dilation), out_height, out_width
+    )
 
 
 def im2col(builder: relax.BlockBuilder, x: relax.Expr, geometry: ConvGeometry, pad_value: int) -> relax.Var:
     """x [B, C, H, W] -> [padded rows, padded columns] (schedules/u8_im2col.py)."""
-    shape = Im2colShape(*astuple(geometry), geometry.padded_rows, geometry.padded_columns)
     dtype = str(x.ty.dtype)
-    kernel = builder.add_func(u8_im2col_kernel(shape, dtype, pad_value), "u8_im2col")
+    kernel = builder.add_func(u8_im2col_kernel(geometry, dtype, pad_value), "u8_im2col")
     out_type = relax.TensorType((geometry.padded_rows, geometry.padded_columns), dtype)
     return builder.emit(relax.call_tir(kernel, relax.Tuple([x]), out_type))
 

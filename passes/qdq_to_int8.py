@@ -25,7 +25,7 @@ from sparsec.schedules.u8s8_matmul import GROUP, Int8MatmulShape, Requantize, pa
 
 from .block_sparsity import Int8LayerPlan, plan_int8_layer
 from .dataflow import Dataflow, bound_value, constant_array, is_op, other_operand
-from .im2col import ConvGeometry, from_rows, im2col
+from .im2col import ConvGeometry, conv_geometry, from_rows, im2col
 
 
 @dataclass
@@ -81,7 +81,7 @@ def _find_chains(graph: Dataflow) -> dict[relax.Var, _QuantizedChain]:
         if activations is None or weight is None:
             continue
         weight_nk, weight_scale = weight
-        conv = ConvGeometry.of(value, weight_nk.shape) if is_conv else None
+        conv = conv_geometry(value, weight_nk.shape) if is_conv else None
         if is_conv != (conv is not None):
             continue  # grouped or non-NCHW convolutions stay float
         weight_nk = weight_nk.reshape(weight_nk.shape[0], -1)

@@ -18,31 +18,50 @@ from tvm.script import tirx as T
 from .apply import mark_scheduled
 
 
+ROW_MULTIPLE = 16  # rows padded to whole 16-row vectors and 8-row tiles of the integer kernels
+COLUMN_MULTIPLE = 4  # columns padded to whole vpdpbusd groups (their weights are zero)
+
+
 @dataclass(frozen=True)
-class Im2colShape:
+class ConvGeometry:
+    """An ungrouped NCHW/OIHW convolution's shapes."""
+
     batch: int
     channels: int
     height: int
     width: int
     kernel: tuple[int, int]
     strides: tuple[int, int]
-    padding: tuple[int, int]  # top, left
+    padding: tuple[int, int]  # top, left (bottom and right follow from the output size)
     dilation: tuple[int, int]
     out_height: int
     out_width: int
-    padded_rows: int
-    padded_columns: int
+
+    @property
+    def rows(self) -> int:
+        return self.batch * self.out_height * self.out_width
+
+    @property
+    def columns(self) -> int:
+        return self.channels * self.kernel[0] * self.kernel[1]
+
+    @property
+    def padded_rows(self) -> int:
+        return -(-self.rows // ROW_MULTIPLE) * ROW_MULTIPLE
+
+    @property
+    def padded_columns(self) -> int:
+        return -(-self.columns // COLUMN_MULTIPLE) * COLUMN_MULTIPLE
 
 
-def u8_im2col_kernel(shape: Im2colShape, dtype: str, pad_value: int) -> tirx.PrimFunc:
+def u8_im2col_kernel(shape: ConvGeometry, dtype: str, pad_value: int) -> tirx.PrimFunc:
     B, C, H, W = shape.batch, shape.channels, shape.height, shape.width
     KH, KW = shape.kernel
     SH, SW = shape.strides
     PT, PL = shape.padding
     DH, DW = shape.dilation
     OH, OW = shape.out_height, shape.out_width
-    rows, columns = B * OH * OW, C * KH * KW
-    PR, PC = shape.padded_rows, shape.padded_columns
+    rows, columns, PR, PC = shape.rows, shape.columns, shape.padded_rows, shape.padded_columns
 
     @T.prim_func(private=True, s_tir=True)
     def kernel(x: T.Buffer((B, C, H, W), dtype), out: T.Buffer((PR, PC), dtype)):

@@ -212,7 +212,11 @@ def tune(paths, log_path, target, trials, input_shapes, rpc_tracker, rpc_key, me
     rpc = RPCSettings.parse(rpc_tracker, rpc_key) if rpc_tracker else None
     spec = parse_target(target)
     say = lambda line: click.echo(line, err=True)  # noqa: E731
-    report = tune_model(paths[0], log_path, spec, trials, progress_for(), say, list(input_shapes), rpc, metaschedule)
+    try:
+        report = tune_model(paths[0], log_path, spec, trials, progress_for(), say, list(input_shapes), rpc, metaschedule)
+    except KeyboardInterrupt:
+        click.echo(f"the measurements so far are in {log_path}: the same command resumes", err=True)
+        raise
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
     for outcome in report.outcomes:
