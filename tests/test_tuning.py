@@ -177,6 +177,11 @@ def test_measurement_through_an_rpc_tracker_on_loopback(pruned_models, tmp_path)
             process.wait()
 
 
-def test_rpc_flags_are_checked(pruned_models, tmp_path):
-    done = run_cli("tune", str(pruned_models["fp32"]), "--log", str(tmp_path / "l.json"), "--rpc-tracker", "nohostport")
+def test_rpc_flags_are_checked_and_an_unreachable_tracker_stops_the_run(pruned_models, tmp_path):
+    log = tmp_path / "l.json"
+    done = run_cli("tune", str(pruned_models["fp32"]), "--log", str(log), "--rpc-tracker", "nohostport")
     assert done.returncode == 2 and "--rpc-tracker 'nohostport': expected HOST:PORT" in done.stderr
+    port = _free_port()
+    done = run_cli("tune", str(pruned_models["fp32"]), "--log", str(log), "--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", "k")
+    assert done.returncode == 2 and f"error: RPC tracker 127.0.0.1:{port} (key k)" in done.stderr and "Traceback" not in done.stderr
+    assert not log.exists()  # nothing measured, nothing written

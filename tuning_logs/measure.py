@@ -4,6 +4,7 @@ rpc_server processes; the built library is uploaded and timed there)."""
 
 from __future__ import annotations
 
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,8 @@ class Measurer:
 
     def __init__(self, rpc: RPCSettings | None = None):
         self.rpc = rpc
+        if rpc is not None:
+            _check_reachable(rpc)
         self._scratch = tempfile.TemporaryDirectory(prefix="sparsec-tune-")
 
     def where(self) -> str:
@@ -77,6 +80,14 @@ class Measurer:
 
     def close(self) -> None:
         self._scratch.cleanup()
+
+
+def _check_reachable(rpc: RPCSettings) -> None:
+    """Fail in seconds, not after TVM's minute of retries, when nothing listens at the tracker."""
+    try:
+        socket.create_connection((rpc.tracker_host, rpc.tracker_port), timeout=5).close()
+    except OSError as err:
+        raise SparsecError(f"RPC tracker {rpc.tracker_host}:{rpc.tracker_port} (key {rpc.key}): {err.strerror or err}") from None
 
 
 def _time_on(lib, device, arrays: list[np.ndarray]) -> float:

@@ -110,27 +110,33 @@ def _short(err: Exception) -> str:
 
 
 class LogWriter:
-    """Appends records to a log, one flushed and fsynced line each. A log that ends in a partial
-    line (a run killed mid-write) gets a newline first, so the next record starts clean."""
+    """Appends records to a log, one flushed and fsynced line each; the file is created with the
+    first record (a run that measures nothing leaves none). A log that ends in a partial line (a
+    run killed mid-write) gets a newline first, so the next record starts clean."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a+b")  # noqa: SIM115 - closed by close()/the context manager
-        self._file.seek(0, os.SEEK_END)
-        if self._file.tell() > 0:
-            self._file.seek(-1, os.SEEK_END)
-            if self._file.read(1) != b"\n":
-                self._file.write(b"\n")
-        self._file.seek(0, os.SEEK_END)
+        self._file = None
 
     def append(self, record: Record) -> None:
+        if self._file is None:
+            self._file = self._open()
         self._file.write(record.to_json().encode() + b"\n")
         self._file.flush()
         os.fsync(self._file.fileno())
 
+    def _open(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        file = open(self.path, "a+b")  # noqa: SIM115 - closed by close()/the context manager
+        if file.seek(0, os.SEEK_END) > 0:
+            file.seek(-1, os.SEEK_END)
+            if file.read(1) != b"\n":
+                file.write(b"\n")
+        return file
+
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
     def __enter__(self) -> LogWriter:
         return self

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tvm.target import Target
 
+from sparsec.errors import SparsecError
 from sparsec.target import TargetSpec
 
 from .measure import Measurer, build_kernel, output_buffers
@@ -102,9 +103,16 @@ def _tune_one(task, outcome, budget, target: Target, spec, measurer, writer, pro
             space.remove(knobs)
             remaining -= 1
     if metaschedule_budget:
-        trace = metaschedule_best_trace(task.func, target, metaschedule_budget + remaining)
+        try:
+            trace = metaschedule_best_trace(task.func, target, metaschedule_budget + remaining)
+        except Exception as err:  # noqa: BLE001 - recorded (so a resumed run does not retry it); the other tasks go on
+            trace, why = None, _one_line(err)
+        else:
+            why = "MetaSchedule found no valid schedule"
         if trace is not None:
             _measure(task, {"trace": trace}, outcome, target, spec, measurer, writer, progress)
+        else:
+            _record(task, {"trace": None}, None, why, outcome, spec, writer, progress)
 
 
 def _measure(task, candidate, outcome, target, spec: TargetSpec, measurer: Measurer, writer: LogWriter, progress) -> None:
@@ -114,10 +122,19 @@ def _measure(task, candidate, outcome, target, spec: TargetSpec, measurer: Measu
         lib = build_kernel(func, target)
         arrays = random_inputs(task)
         latency = measurer.time(lib, arrays + output_buffers(func, len(arrays)))
+    except SparsecError:
+        raise  # the measuring machine is unreachable: stop rather than log every candidate as failed
     except Exception as err:  # noqa: BLE001 - a failing candidate is recorded, the search goes on
-        error = str(err).strip().splitlines()[-1][:300] if str(err).strip() else type(err).__name__
-    if candidate is None:
-        candidate = default_candidate(task)
+        error = _one_line(err)
+    _record(task, candidate if candidate is not None else default_candidate(task), latency, error, outcome, spec, writer, progress)
+
+
+def _one_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[-1][:300] if text else type(err).__name__
+
+
+def _record(task, candidate: dict, latency, error, outcome, spec: TargetSpec, writer: LogWriter, progress) -> None:
     threads = int(os.environ.get("TVM_NUM_THREADS", "0")) or None
     writer.append(Record(task.key, spec.isa(), candidate, latency, error, threads))
     _note(outcome, candidate, latency)
@@ -162,11 +179,11 @@ def tune_model(
     threads = spec.num_cores or default_num_threads()
     os.environ.setdefault("TVM_NUM_THREADS", str(threads))
 
-    _, mod, _, _ = optimized_module(model, spec, input_shapes, say, schedule=False)
-    tasks = extract_tasks(mod, spec.to_tvm())
     measurer = Measurer(rpc)
-    say(f"{len(tasks)} tunable tasks; measuring on {measurer.where()}, {trials} trials in all")
     try:
+        _, mod, _, _ = optimized_module(model, spec, input_shapes, say, schedule=False)
+        tasks = extract_tasks(mod, spec.to_tvm())
+        say(f"{len(tasks)} tunable tasks; measuring on {measurer.where()}, {trials} trials in all")
         return tune_tasks(tasks, spec, log_path, trials, measurer, progress, metaschedule)
     finally:
         measurer.close()
