@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -165,6 +165,3 @@ def merge_logs(sources: Iterable[str | Path], output: str | Path) -> tuple[int, 
     partial.replace(output)
     return len(lines), warnings
 
-
-def iter_tasks(log: LoadedLog) -> Iterator[TaskKey]:
-    yield from dict.fromkeys(record.task for record in log.records)
