@@ -1,7 +1,7 @@
 """The pass pipeline between the ONNX import and TVM's build.
 
 TVM's default CPU build only legalizes and lowers; this pipeline adds what an inference compiler
-needs: QDQ layers rewritten into integer kernels, sparse layers rewritten into BSR kernels, fast vectorizable math for exp/erf/tanh, constant folding (weights are transposed once, at
+needs: element-wise chains between quantized tensors turned into lookup tables, QDQ layers rewritten into integer kernels, sparse layers rewritten into BSR kernels, fast vectorizable math for exp/erf/tanh, constant folding (weights are transposed once, at
 compile time), fusion of element-wise epilogues into their producers, dead-code removal, and a
 default schedule for every kernel.
 """
@@ -16,6 +16,7 @@ from tvm.target.codegen import llvm_cpu_has_features
 from sparsec.schedules import default_schedule_pass
 
 from .dense_to_bsr import BSROptions, DenseToBSR
+from .qdq_lut import QDQElementwiseToLUT
 from .qdq_to_int8 import QDQToInt8
 
 
@@ -38,6 +39,8 @@ def optimization_pipeline(
     scheduling += [default_schedule_pass(target)] if schedule else []
     return tvm.transform.Sequential(
         [
+            # before QDQToInt8: a chain's table output is the next layer's quantized input
+            QDQElementwiseToLUT(),
             quantized if quantized is not None else QDQToInt8(vnni=has_vnni(target)),
             sparse if sparse is not None else DenseToBSR(BSROptions()),
             # exp/erf/tanh as polynomials LLVM can vectorize (libm calls would be scalar).

@@ -20,6 +20,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from sparsec.schedules.u8_regroup import u8_regroup_kernel
 from sparsec.schedules.u8s8_bsr_matmul import Int8BSRShape, pack_int8_bsr, supports_int8_bsr, u8s8_bsr_kernel
 from sparsec.schedules.u8s8_matmul import GROUP, Int8MatmulShape, Requantize, pack_weight, u8s8_matmul_kernel
 
@@ -189,6 +190,14 @@ class _Rewriter(PyExprMutator):
         self.sparsity_threshold = sparsity_threshold
         self.decisions = decisions
         self.chains: dict[relax.Var, _QuantizedChain] = {}
+        # Layers that read the same activations (attention's Q, K and V) share their uint8 rows,
+        # keyed by (activations, im2col geometry), and the rows' regrouped copy.
+        self._rows: dict[tuple, tuple[relax.Var, int]] = {}
+        self._regrouped_rows: dict[relax.Var, relax.Var] = {}
+
+    def visit_dataflow_block_(self, block):
+        self._rows, self._regrouped_rows = {}, {}  # a block's dataflow vars do not outlive it
+        return super().visit_dataflow_block_(block)
 
     def visit_var_binding_(self, binding) -> None:
         chain = self.chains.get(binding.var)
@@ -209,17 +218,35 @@ class _Rewriter(PyExprMutator):
         shifted = relax.op.add(relax.op.astype(x, "int32"), relax.const(128, "int32"))
         return self.builder_.emit(relax.op.astype(shifted, "uint8")), chain.zero_point + 128
 
+    def _activation_rows(self, chain: _QuantizedChain, k: int) -> tuple[relax.Var, int]:
+        """The activations as uint8 [M, K] rows (a convolution's im2col rows), and their zero point."""
+        key = (chain.activations, chain.conv)
+        if key not in self._rows:
+            x, zero_point = self._unsigned_activations(chain)
+            if chain.conv is not None:
+                rows = im2col(self.builder_, x, chain.conv, zero_point)
+            else:
+                m = int(np.prod(chain.activations.ty.shape.values)) // k
+                rows = self.builder_.emit(relax.op.reshape(x, (m, k)))
+            self._rows[key] = rows, zero_point
+        return self._rows[key]
+
+    def _regrouped(self, rows: relax.Var) -> relax.Var:
+        """[M, K] -> [K/4, M, 4], what the BSR kernels read (schedules/u8_regroup.py)."""
+        if rows not in self._regrouped_rows:
+            m, k = (int(d) for d in rows.ty.shape.values)
+            kernel = self.builder_.add_func(u8_regroup_kernel(m, k), "u8_regroup")
+            out_type = relax.TensorType((k // GROUP, m, GROUP), "uint8")
+            self._regrouped_rows[rows] = self.builder_.emit(relax.call_tir(kernel, relax.Tuple([rows]), out_type))
+        return self._regrouped_rows[rows]
+
     def _int8_layer(self, chain: _QuantizedChain) -> relax.Var:
         """The layer as an [M, N] product; a convolution's M counts its padded im2col rows."""
-        x, zero_point = self._unsigned_activations(chain)
         weight_nk = chain.weight_nk
         if chain.conv is not None:
-            x = im2col(self.builder_, x, chain.conv, zero_point)
             weight_nk = np.pad(weight_nk, ((0, 0), (0, chain.conv.padded_columns - chain.conv.columns)))
-            m = chain.conv.padded_rows
-        else:
-            m = int(np.prod(chain.out_shape)) // weight_nk.shape[0]
-            x = self.builder_.emit(relax.op.reshape(x, (m, weight_nk.shape[1])))
+        x, zero_point = self._activation_rows(chain, weight_nk.shape[1])
+        m = int(x.ty.shape.values[0])
         chain = replace(chain, weight_nk=weight_nk)
         n, k = weight_nk.shape
         vnni = self.vnni and k % GROUP == 0
@@ -242,9 +269,7 @@ class _Rewriter(PyExprMutator):
         data, indices, indptr = pack_int8_bsr(chain.weight_nk, block_rows)
         shape = Int8BSRShape(int(m), k, n, block_rows, data.shape[0])
         kernel = self.builder_.add_func(u8s8_bsr_kernel(shape, chain.activation, chain.requantize), f"u8s8_bsr_{block_rows}x4{suffix}")
-        # [M, K] -> [K/4, M, 4]: 16 rows of 4 bytes fill one vector
-        grouped = self.builder_.emit(relax.op.permute_dims(relax.op.reshape(x, (int(m), k // GROUP, GROUP)), [1, 0, 2]))
-        args = [grouped, *(relax.const(a) for a in (data, indices, indptr, *epilogue_arrays))]
+        args = [self._regrouped(x), *(relax.const(a) for a in (data, indices, indptr, *epilogue_arrays))]
         return self.builder_.emit(relax.call_tir(kernel, relax.Tuple(args), out_type))
 
     def _dense_int8_layer(self, chain, vnni: bool, x, epilogue_arrays, out_type, suffix) -> relax.Var:

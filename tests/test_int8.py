@@ -14,6 +14,8 @@ from onnx import numpy_helper
 from onnx_zoo import onnxruntime_outputs
 
 from sparsec import models
+from sparsec.schedules.u8_lookup import u8_lookup_kernel
+from sparsec.schedules.u8_regroup import u8_regroup_kernel
 from sparsec.schedules.u8s8_bsr_matmul import Int8BSRShape, pack_int8_bsr, u8s8_bsr_kernel
 from sparsec.schedules.u8s8_matmul import Int8MatmulShape, Requantize, pack_weight, u8s8_matmul_kernel
 from sparsec.target import parse_target
@@ -48,7 +50,7 @@ def test_u8s8_kernel_matches_numpy(vnni, m, k, n):
 @pytest.mark.parametrize("block_rows", [1, 4, 16])
 @pytest.mark.parametrize("pattern", ["pruned", "dense", "empty"])
 def test_u8s8_bsr_kernel_matches_numpy(block_rows, pattern):
-    m, k, n = 32, 96, 64
+    m, k, n = 32, 96, 128  # 1-row blocks: 16 groups of 8 in 8 parallel chunks of 2
     keep = RNG.random((n // block_rows, k // 4)) < {"pruned": 0.15, "dense": 1.0, "empty": 0.0}[pattern]
     keep[:2] = False  # empty block rows: bias only
     w = RNG.integers(-128, 128, (n, k)) * np.repeat(np.repeat(keep, block_rows, 0), 4, 1)
@@ -68,6 +70,28 @@ def test_u8s8_bsr_kernel_matches_numpy(block_rows, pattern):
     real = ((x.astype(np.int64) - zero_point) @ w.T.astype(np.int64)) * (x_scale * w_scale).astype(np.float32) + bias
     expected = np.clip(np.round(real.astype(np.float32) / np.float32(0.5)) + 3, 0, 255)
     assert np.abs(buffers[-1].numpy().astype(np.int32) - expected).max() <= 1  # float rounding ties
+
+
+def _build(func):
+    return tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=parse_target(TARGET).to_tvm())
+
+
+@pytest.mark.parametrize(("m", "k"), [(16, 4), (48, 96)])
+def test_regroup_kernel_matches_numpy(m, k):
+    x = RNG.integers(0, 256, (m, k)).astype(np.uint8)
+    buffers = [tvm.runtime.tensor(x), tvm.runtime.tensor(np.zeros((k // 4, m, 4), np.uint8))]
+    _build(u8_regroup_kernel(m, k))["main"](*buffers)
+    np.testing.assert_array_equal(buffers[1].numpy(), x.reshape(m, k // 4, 4).transpose(1, 0, 2))
+
+
+@pytest.mark.parametrize(("size", "dtype"), [(5, "int8"), (16 * 300 + 7, "uint8"), (3 * 4096, "int8")])
+def test_lookup_kernel_matches_numpy(size, dtype):
+    info = np.iinfo(dtype)
+    x = RNG.integers(info.min, info.max + 1, size).astype(dtype)
+    table = RNG.integers(0, 256, 256).astype(np.int32)
+    buffers = [tvm.runtime.tensor(a) for a in (x, table, np.zeros(size, np.uint8))]
+    _build(u8_lookup_kernel(size, dtype, "uint8"))["main"](*buffers)
+    np.testing.assert_array_equal(buffers[2].numpy(), table[x.astype(np.int32) - info.min])
 
 
 def test_pruned_qdq_mlp_runs_bsr_int8_and_matches_onnxruntime(compile_onnx, tmp_path):

@@ -154,17 +154,38 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_until(ready, what: str, seconds: float = 120) -> None:
+    """Poll instead of sleeping a fixed time: on a loaded machine, starting a TVM process takes
+    from one to tens of seconds."""
+    deadline = time.monotonic() + seconds
+    while not ready():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def _accepts_connections(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _free_servers(port: int, key: str) -> int:
+    from tvm import rpc
+
+    summary = rpc.connect_tracker("127.0.0.1", port).summary()
+    return sum(int(entry.get("free", 0)) for name, entry in summary.get("queue_info", {}).items() if name == key)
+
+
 def test_measurement_through_an_rpc_tracker_on_loopback(pruned_models, tmp_path):
     port = _free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 1)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     servers = []
     try:
-        time.sleep(2)
+        _wait_until(lambda: _accepts_connections(port), "the RPC tracker to listen")
         for _ in range(2):
             server_command = [sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", f"--tracker=127.0.0.1:{port}", "--key=sparsec-test"]
             servers.append(subprocess.Popen(server_command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        time.sleep(3)
+        _wait_until(lambda: _free_servers(port, "sparsec-test") == 2, "both RPC servers to register")
         log = tmp_path / "log.json"
         done = run_cli("tune", str(pruned_models["fp32"]), "--log", str(log), "--trials", "6", "--no-metaschedule", "--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", "sparsec-test")
         assert done.returncode == 0, done.stderr
