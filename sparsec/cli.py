@@ -176,9 +176,9 @@ def coverage_table(coverage: dict) -> str:
 @click.option("--target", default="native", show_default=True, help=TARGET_HELP)
 @click.option("--trials", type=click.IntRange(min=1), default=200, show_default=True, help="Measurements in all, shared evenly by the model's tasks.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help=INPUT_SHAPE_HELP)
-@click.option("--rpc-tracker", metavar="HOST:PORT", help="Measure on machines a TVM RPC tracker hands out (candidates are built here).")
+@click.option("--rpc-tracker", metavar="HOST:PORT", help="Measure on machines a TVM RPC tracker hands out, sparsec's and MetaSchedule's candidates alike (they are built here).")
 @click.option("--rpc-key", metavar="KEY", help="With --rpc-tracker: the device key the RPC servers registered with.")
-@click.option("--metaschedule/--no-metaschedule", default=True, show_default=True, help="Give half of each dense fp32 task's budget to MetaSchedule (slow: several seconds per trial).")
+@click.option("--metaschedule/--no-metaschedule", default=True, show_default=True, help="Give half of each dense fp32 task's budget to MetaSchedule (its search costs ~15 s per task before the first trial).")
 @click.option("--merge", is_flag=True, help="Instead of tuning: merge the logs PATHS into -o.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="With --merge: the merged log.")
 def tune(paths, log_path, target, trials, input_shapes, rpc_tracker, rpc_key, metaschedule, merge, output):

@@ -176,25 +176,38 @@ def _free_servers(port: int, key: str) -> int:
 
 
 def test_measurement_through_an_rpc_tracker_on_loopback(pruned_models, tmp_path):
+    """Knob candidates and MetaSchedule's candidates are timed on the tracker's two servers."""
     port = _free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 1)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    servers = []
+    # tracker and servers each in a group of their own: their popen workers go down with them
+    tracker_command = [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 1)]
+    tracker = subprocess.Popen(tracker_command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    servers, server_logs = [], [tmp_path / f"server{i}.log" for i in range(2)]
     try:
         _wait_until(lambda: _accepts_connections(port), "the RPC tracker to listen")
-        for _ in range(2):
+        for server_log in server_logs:
             server_command = [sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", f"--tracker=127.0.0.1:{port}", "--key=sparsec-test"]
-            servers.append(subprocess.Popen(server_command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            with open(server_log, "w") as sink:
+                servers.append(subprocess.Popen(server_command, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True))
         _wait_until(lambda: _free_servers(port, "sparsec-test") == 2, "both RPC servers to register")
+        rpc_flags = ["--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", "sparsec-test"]
         log = tmp_path / "log.json"
-        done = run_cli("tune", str(pruned_models["fp32"]), "--log", str(log), "--trials", "6", "--no-metaschedule", "--rpc-tracker", f"127.0.0.1:{port}", "--rpc-key", "sparsec-test")
+        done = run_cli("tune", str(pruned_models["fp32"]), "--log", str(log), "--trials", "6", "--no-metaschedule", *rpc_flags)
         assert done.returncode == 0, done.stderr
         assert "RPC key sparsec-test" in done.stderr
         records = _records(log)
         assert records and all(r.latency_us is not None for r in records), [r.error for r in records]
+
+        dense, dense_log = tmp_path / "dense.onnx", tmp_path / "dense.json"
+        onnx.save(models.mlp((64, 64), batch=16), str(dense))
+        done = run_cli("tune", str(dense), "--log", str(dense_log), "--trials", "8", *rpc_flags)
+        assert done.returncode == 0, done.stderr
+        assert any("trace" in r.candidate and r.latency_us is not None for r in _records(dense_log))
+        loaded = [line for server_log in server_logs for line in server_log.read_text().splitlines() if "load_module" in line]
+        assert any(not line.endswith("candidate.so") for line in loaded), loaded  # MetaSchedule's own uploads
     finally:
         for process in [*servers, tracker]:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 
 

@@ -104,7 +104,7 @@ def _tune_one(task, outcome, budget, target: Target, spec, measurer, writer, pro
             remaining -= 1
     if metaschedule_budget:
         try:
-            trace = metaschedule_best_trace(task.func, target, metaschedule_budget + remaining)
+            trace = metaschedule_best_trace(task.func, target, metaschedule_budget + remaining, measurer.rpc)
         except Exception as err:  # noqa: BLE001 - recorded (so a resumed run does not retry it); the other tasks go on
             trace, why = None, _one_line(err)
         else:
