@@ -54,6 +54,7 @@ def main():
     sparsec compile model.onnx -o model.so      compile to one self-contained .so
     sparsec run model.so --input x=x.npy        run it (numpy + TVM runtime only)
     sparsec bench model.onnx --compare onnxruntime   latency/throughput vs a peer
+    sparsec bench tuned.so --compare untuned.so      two builds, alternating
     sparsec tune model.onnx --log model.json    tune kernels; compile --tuning-log uses the log
     """
 
@@ -251,7 +252,7 @@ def run(artifact: Path, inputs: tuple[str, ...], output: Path | None, threads: i
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--compare", multiple=True, metavar="ENGINE", help="Also time a peer engine on the same ONNX file and check its outputs agree: onnxruntime, openvino (when installed). Repeatable.")
+@click.option("--compare", multiple=True, metavar="ENGINE", help="Also time a peer and check its outputs agree: onnxruntime or openvino (when installed) on the same ONNX file, or another sparsec artifact FILE.so (say, the untuned build). Repeatable.")
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False, path_type=Path), help="The ONNX file peers run when MODEL is a compiled .so.")
 @click.option("--target", default="native", show_default=True, help="When MODEL is ONNX: " + TARGET_HELP)
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help="When MODEL is ONNX: " + INPUT_SHAPE_HELP)

@@ -65,11 +65,25 @@ def test_given_inputs_are_used(workdir):
     assert set(json.loads(done.stdout)["engines"]) == {"sparsec"}
 
 
+def test_another_artifact_is_a_peer(workdir):
+    """Two builds of one model (dense and forced-sparse here; tuned and untuned in practice),
+    timed alternately, their outputs compared."""
+    sparse = run_cli("compile", "mlp.onnx", "--input-shape", "input=2x16", "-o", "sparse.so", "--target", TARGET, "--sparsity-threshold", "0", "-q", cwd=workdir)
+    assert sparse.returncode == 0, sparse.stderr
+    done = run_cli("bench", "mlp.so", "--compare", "sparse.so", "--json", "-", *QUICK, cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert set(report["engines"]) == {"sparsec", "sparse.so"} and report["engines"]["sparse.so"]["runs"] >= 6
+    assert report["comparisons"]["sparse.so"]["outputs_agree"]
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
         (["bench", "mlp.so", "--compare", "onnxruntime"], "--compare needs the ONNX model"),
         (["bench", "mlp.onnx", "--compare", "tensorrt"], "--compare tensorrt: unknown engine"),
+        (["bench", "mlp.so", "--compare", "absent.so"], "--compare absent.so: no such file"),
+        (["bench", "mlp.so", "--compare", "mlp.so", "--compare", "mlp.so"], "a peer is named twice"),
         (["bench", "mlp.so", "--batch", "4"], "--batch and --input-shape apply when compiling"),
         (["bench", "other.onnx", "--batch", "4"], "batch fixed at 2"),
         (["bench", "absent.onnx"], "absent.onnx: no such file"),

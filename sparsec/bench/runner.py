@@ -51,14 +51,17 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] | None = 
         metadata = load(artifact).metadata  # no kernel runs here: the parent's pool stays idle
         feeds = _feeds(config, metadata.inputs)
         np.savez(scratch / "feeds.npz", **feeds)
-        engines = {"sparsec": str(artifact), **{peer: str(config.onnx or config.model) for peer in config.compare}}
-        latencies: dict[str, list[list[float]]] = {engine: [] for engine in engines}
+        # label -> (engine, file): peer engines run the ONNX model; a peer artifact is sparsec again
+        engines = {"sparsec": ("sparsec", str(artifact))}
+        for peer in config.compare:
+            engines[peer] = ("sparsec", peer) if is_artifact(peer) else (peer, str(config.onnx or config.model))
+        latencies: dict[str, list[list[float]]] = {label: [] for label in engines}
         for round_index in range(config.rounds):
-            for engine, path in engines.items():
-                outputs = scratch / f"{engine}.npz" if round_index == 0 else None
-                latencies[engine].append(_time_in_worker(engine, path, scratch / "feeds.npz", config, outputs))
-                median_ms = float(np.median(latencies[engine][-1])) * 1e3
-                say(f"round {round_index + 1}/{config.rounds}: {engine} median {median_ms:.2f} ms over {len(latencies[engine][-1])} runs")
+            for index, (label, (engine, path)) in enumerate(engines.items()):
+                outputs = scratch / f"outputs{index}.npz" if round_index == 0 else None
+                latencies[label].append(_time_in_worker(engine, path, scratch / "feeds.npz", config, outputs))
+                median_ms = float(np.median(latencies[label][-1])) * 1e3
+                say(f"round {round_index + 1}/{config.rounds}: {label} median {median_ms:.2f} ms over {len(latencies[label][-1])} runs")
         batch = metadata.inputs[0].shape[0] if metadata.inputs and metadata.inputs[0].shape else 1
         report = {
             "schema": SCHEMA,
@@ -72,9 +75,9 @@ def run_benchmark(config: BenchConfig, progress: Callable[[str], None] | None = 
             "engines": {engine: summarize(rounds, batch) for engine, rounds in latencies.items()},
             "comparisons": {},
         }
-        ours = _load_outputs(scratch / "sparsec.npz")
-        for peer in config.compare:
-            comparison = compare_outputs(ours, _load_outputs(scratch / f"{peer}.npz"), config.rtol)
+        ours = _load_outputs(scratch / "outputs0.npz")
+        for index, peer in enumerate(config.compare, start=1):
+            comparison = compare_outputs(ours, _load_outputs(scratch / f"outputs{index}.npz"), config.rtol)
             comparison["speedup"] = report["engines"][peer]["latency_ms"]["median"] / report["engines"]["sparsec"]["latency_ms"]["median"]
             report["comparisons"][peer] = comparison
     return report
@@ -84,17 +87,30 @@ def _check_config(config: BenchConfig) -> None:
     if not config.model.is_file():
         raise SparsecError(f"{config.model}: no such file")
     is_onnx = config.model.suffix == ".onnx"
+    if len(set(config.compare)) != len(config.compare):
+        raise SparsecError("--compare: a peer is named twice")
     for peer in config.compare:
+        if is_artifact(peer):
+            if not Path(peer).is_file():
+                raise SparsecError(f"--compare {peer}: no such file")
+            continue
         if peer == "sparsec" or peer not in ENGINES:
-            raise SparsecError(f"--compare {peer}: unknown engine (peers: {', '.join(e for e in ENGINES if e != 'sparsec')})")
+            peers = ", ".join(e for e in ENGINES if e != "sparsec")
+            raise SparsecError(f"--compare {peer}: unknown engine (peers: {peers}, or another sparsec artifact FILE.so)")
         if not is_available(peer):
             raise SparsecError(f"--compare {peer}: {peer} is not installed")
-    if config.compare and not is_onnx and config.onnx is None:
+    if any(not is_artifact(peer) for peer in config.compare) and not is_onnx and config.onnx is None:
         raise SparsecError("--compare needs the ONNX model the peers run: bench model.onnx, or pass --onnx model.onnx")
     if config.onnx is not None and not config.onnx.is_file():
         raise SparsecError(f"--onnx {config.onnx}: no such file")
     if not is_onnx and (config.batch or config.input_shapes):
         raise SparsecError(f"{config.model}: --batch and --input-shape apply when compiling an ONNX model, not to an artifact")
+
+
+def is_artifact(peer: str) -> bool:
+    """A --compare value naming a compiled model (another build of sparsec: untuned, older)
+    rather than a peer engine."""
+    return peer.endswith(".so")
 
 
 def _artifact(config: BenchConfig, scratch: Path, say) -> Path:
