@@ -64,6 +64,51 @@ def test_tune_writes_a_log_that_compile_applies(pruned_models, tmp_path, kind):
     np.testing.assert_allclose(a.run(None, feeds)[0], b.run(None, feeds)[0], rtol=1e-5, atol=1e-5)
 
 
+class _ScriptedMeasurer:
+    """Times nothing: hands out latencies per candidate as a noisy machine might. In the search,
+    the second candidate measured gets a lucky 50 us; re-timed, everything but the default
+    takes 120 us and the default 100 us."""
+
+    def __init__(self):
+        self.calls = 0
+        self.rpc = None
+
+    def where(self) -> str:
+        return "a script"
+
+    def time(self, lib, arrays) -> float:
+        self.calls += 1
+        return {1: 100.0, 2: 50.0}.get(self.calls, 130.0) if self.calls <= BUDGET else (100.0 if self.calls % 2 else 120.0)
+
+
+BUDGET = 4
+
+
+def test_a_lucky_winner_is_timed_again_against_the_default(pruned_models, tmp_path):
+    """The search's winner and the default are re-timed alternately; the confirmed medians decide,
+    so compile keeps the default here and resuming does not confirm again."""
+    from sparsec.driver import optimized_module
+    from sparsec.tuning_logs.progress import Progress
+    from sparsec.tuning_logs.tasks import extract_tasks
+    from sparsec.tuning_logs.tuner import CONFIRM_ROUNDS, default_candidate, tune_tasks
+
+    spec = parse_target(TARGET)
+    _, mod, _, _ = optimized_module(pruned_models["int8"], spec, None, lambda _line: None, schedule=False)
+    task = next(t for t in extract_tasks(mod, spec.to_tvm()) if t.key.family == "u8s8_bsr")
+    log, measurer = tmp_path / "log.json", _ScriptedMeasurer()
+    report = tune_tasks([task], spec, log, BUDGET, measurer, Progress(), metaschedule=False)
+    assert measurer.calls == BUDGET + 2 * CONFIRM_ROUNDS
+    confirmed = [r for r in _records(log) if r.confirmed]
+    assert sorted(r.latency_us for r in confirmed) == [100.0, 120.0]
+    best = read_log(log).best(spec.isa())[task.key]
+    assert best.confirmed and best.candidate == default_candidate(task)  # not the lucky 50 us record
+    assert report.outcomes[0].best_us == report.outcomes[0].default_us == 100.0
+
+    measurer.calls = 0
+    tune_tasks([task], spec, log, BUDGET, measurer, Progress(), metaschedule=False)
+    assert measurer.calls == 0  # every candidate and the confirmation are in the log
+
+
 def test_a_log_from_one_model_serves_another_with_the_same_layer_shapes(tmp_path):
     first, second, log = tmp_path / "a.onnx", tmp_path / "b.onnx", tmp_path / "log.json"
     config = models.EncoderConfig(hidden=64, heads=2, ffn=128, layers=1, vocab=50)
@@ -88,8 +133,10 @@ def test_a_killed_tuning_run_resumes_without_measuring_twice(pruned_models, tmp_
     done = run_cli("tune", str(model), "--log", str(log), "--trials", "16", "--no-metaschedule")
     assert done.returncode == 0, done.stderr
     records = _records(log)
-    measured = [(r.task, json.dumps(r.candidate, sort_keys=True)) for r in records]
-    assert len(measured) == len(set(measured))  # nothing measured twice
+    searched = [(r.task, json.dumps(r.candidate, sort_keys=True)) for r in records if not r.confirmed]
+    assert len(searched) == len(set(searched))  # nothing searched twice
+    confirmed = [(r.task, json.dumps(r.candidate, sort_keys=True)) for r in records if r.confirmed]
+    assert len(confirmed) == len(set(confirmed))  # each task's winner-vs-default re-timing at most once
     assert len(records) > killed_at
 
 

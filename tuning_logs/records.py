@@ -4,8 +4,10 @@ an interrupted run loses nothing it measured and a rerun resumes from it.
 A record names its task (a kernel family and its workload: shapes, dtypes, block shape and stored
 blocks, epilogue; the same layer shape in another model has the same key), the ISA it was measured
 on (records are only applied to the same ISA), the candidate (knobs for sparsec's own kernel
-spaces, or a MetaSchedule trace) and its latency. A line that does not parse is reported with its
-line number and skipped.
+spaces, or a MetaSchedule trace) and its latency. A confirmed record holds the median of a
+re-timing that alternated the search's winner with the default; where a task has confirmed
+records, they decide its best. A line that does not parse is reported with its line number and
+skipped.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Record:
     latency_us: float | None  # None: the candidate failed to build or run
     error: str | None = None
     threads: int | None = None
+    confirmed: bool = False  # the median of the winner-vs-default re-timing
 
     def to_json(self) -> str:
         value = asdict(self)
@@ -53,7 +56,8 @@ class Record:
         if not isinstance(value["candidate"], dict):
             raise ValueError("candidate is not an object")
         latency = value["latency_us"]
-        return Record(task, str(value["isa"]), value["candidate"], None if latency is None else float(latency), value.get("error"), value.get("threads"))
+        latency = None if latency is None else float(latency)
+        return Record(task, str(value["isa"]), value["candidate"], latency, value.get("error"), value.get("threads"), bool(value.get("confirmed", False)))
 
 
 @dataclass
@@ -62,13 +66,14 @@ class LoadedLog:
     warnings: list[str] = field(default_factory=list)  # "<file>:<line>: <why>" per skipped line
 
     def best(self, isa: str) -> dict[TaskKey, Record]:
-        """The fastest successful record of each task measured on `isa`."""
+        """The fastest successful record of each task measured on `isa`, among its confirmed
+        records when it has any (one lucky timing of many does not beat a confirmed median)."""
         found: dict[TaskKey, Record] = {}
         for record in self.records:
             if record.isa != isa or record.latency_us is None:
                 continue
             current = found.get(record.task)
-            if current is None or record.latency_us < current.latency_us:
+            if current is None or _rank(record) < _rank(current):
                 found[record.task] = record
         return found
 
@@ -81,6 +86,10 @@ class LoadedLog:
             if record.isa == isa:
                 by_task.setdefault(record.task, []).append(record)
         return by_task
+
+
+def _rank(record: Record) -> tuple[bool, float]:
+    return (not record.confirmed, record.latency_us)
 
 
 def read_log(path: str | Path) -> LoadedLog:
