@@ -50,3 +50,11 @@ def constant_array(expr: relax.Expr, bindings) -> np.ndarray | None:
     if value is not expr and is_op(value, "relax.reshape") and isinstance(value.args[0], Constant):
         return value.args[0].value.numpy().reshape([int(d) for d in value.ty.shape.values])
     return value.value.numpy() if isinstance(value, Constant) else None
+
+
+def per_tensor_quantization(call: relax.Call, bindings) -> tuple[float, int] | None:
+    """(scale, zero point) of a quantize or dequantize call whose both are constant scalars."""
+    scale, zero_point = constant_array(call.args[1], bindings), constant_array(call.args[2], bindings)
+    if scale is None or zero_point is None or scale.size != 1 or zero_point.size != 1:
+        return None
+    return float(scale.reshape(())), int(zero_point.reshape(()))

@@ -23,12 +23,12 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from sparsec.schedules.u8_lookup import u8_lookup_kernel
 
-from .dataflow import bound_value, constant_array, is_op
+from .dataflow import Dataflow, bound_value, constant_array, is_op, per_tensor_quantization
 
 Lifted = Callable[[np.ndarray], np.ndarray]  # the chain so far, as a function of q's 256 values (float32)
 
 _UNARY = {
-    "relax.erf": lambda x: scipy.special.erf(x),
+    "relax.erf": scipy.special.erf,
     "relax.tanh": np.tanh,
     "relax.sigmoid": lambda x: 1 / (1 + np.exp(-x)),
     "relax.exp": np.exp,
@@ -48,7 +48,7 @@ class QDQElementwiseToLUT:
         rewriter = _Rewriter(mod)
         for gvar, func in mod.functions_items():
             if isinstance(func, relax.Function):
-                rewriter.bindings = {b.var: b.value for block in func.body.blocks for b in block.bindings}
+                rewriter.bindings = Dataflow(func).bindings
                 rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
         return relax.transform.DeadCodeElimination()(rewriter.builder_.get())
 
@@ -63,17 +63,12 @@ def _constant(expr: relax.Expr, bindings) -> np.ndarray | None:
     0.5 of a GELU too)."""
     value = bound_value(expr, bindings)
     if is_op(value, "relax.dequantize"):
-        stored, params = constant_array(value.args[0], bindings), _quantization(value, bindings)
+        stored, params = constant_array(value.args[0], bindings), per_tensor_quantization(value, bindings)
         if stored is None or params is None:
             return None
         return ((stored.astype(np.float32) - np.float32(params[1])) * np.float32(params[0])).astype(np.float32)
     array = constant_array(expr, bindings)
     return None if array is None else array.astype(np.float32)
-
-
-def _quantization(call: relax.Call, bindings) -> tuple[float, int] | None:
-    scale, zero_point = _scalar(call.args[1], bindings), _scalar(call.args[2], bindings)
-    return None if scale is None or zero_point is None else (scale, int(zero_point))
 
 
 def quantize_f32(x: np.ndarray, scale: float, zero_point: int, dtype: str) -> np.ndarray:
@@ -112,7 +107,7 @@ class _Chain:
         return None
 
     def lift_dequantize(self, call: relax.Call) -> Lifted | None:
-        params = _quantization(call, self.bindings)
+        params = per_tensor_quantization(call, self.bindings)
         data = call.args[0]
         if params is None or not isinstance(data, relax.Var) or str(data.ty.dtype) not in _LIMITS:
             return None
@@ -126,7 +121,7 @@ class _Chain:
         return lambda q: ((inner(q) - np.float32(zero_point)) * np.float32(scale)).astype(np.float32)
 
     def lift_quantize(self, call: relax.Call) -> Lifted | None:
-        params = _quantization(call, self.bindings)
+        params = per_tensor_quantization(call, self.bindings)
         dtype = str(call.attrs.out_dtype)
         if params is None or dtype not in _LIMITS:
             return None

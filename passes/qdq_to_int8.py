@@ -25,7 +25,7 @@ from sparsec.schedules.u8s8_bsr_matmul import Int8BSRShape, pack_int8_bsr, suppo
 from sparsec.schedules.u8s8_matmul import GROUP, Int8MatmulShape, Requantize, pack_weight, u8s8_matmul_kernel
 
 from .block_sparsity import Int8LayerPlan, plan_int8_layer
-from .dataflow import Dataflow, bound_value, constant_array, is_op, other_operand
+from .dataflow import Dataflow, bound_value, constant_array, is_op, other_operand, per_tensor_quantization
 from .im2col import ConvGeometry, conv_geometry, from_rows, im2col
 
 
@@ -155,11 +155,10 @@ def _quantized_weight(expr: relax.Expr, bindings) -> tuple[np.ndarray, np.ndarra
 
 def _output_quantization(quantize: relax.Call, bindings) -> Requantize | None:
     """The layer's own output QuantizeLinear, per tensor: it moves into the kernel's epilogue."""
-    scale, zero_point = constant_array(quantize.args[1], bindings), constant_array(quantize.args[2], bindings)
-    dtype = str(quantize.attrs.out_dtype)
-    if scale is None or zero_point is None or scale.size != 1 or zero_point.size != 1 or dtype not in ("uint8", "int8"):
+    params, dtype = per_tensor_quantization(quantize, bindings), str(quantize.attrs.out_dtype)
+    if params is None or dtype not in ("uint8", "int8"):
         return None
-    return Requantize(float(scale.reshape(())), int(zero_point.reshape(())), dtype)
+    return Requantize(*params, dtype)
 
 
 def _bias(expr: relax.Expr | None, n: int, bindings) -> np.ndarray | None:

@@ -14,9 +14,9 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from .apply import mark_scheduled
+from .u8s8_matmul import GROUP, LANES
 
-GROUP = 4  # bytes per vpdpbusd lane
-ROWS_PER_TILE = 16
+ROWS_PER_TILE = LANES  # one 64-byte vector of [K/4, M, 4] holds 16 rows
 
 
 def u8_regroup_kernel(m: int, k: int) -> tirx.PrimFunc:

@@ -123,17 +123,17 @@ def _tune_one(task, outcome, budget, target: Target, spec, measurer, writer, pro
             _record(task, {"trace": None}, None, why, outcome, spec, writer, progress)
 
 
-def _time(task, candidate, target, measurer: Measurer) -> float:
+def _built(task, candidate, target) -> tuple:
+    """(library, arguments) for timing a candidate."""
     func = build_candidate(task, candidate, target)
-    lib = build_kernel(func, target)
     arrays = random_inputs(task)
-    return measurer.time(lib, arrays + output_buffers(func, len(arrays)))
+    return build_kernel(func, target), arrays + output_buffers(func, len(arrays))
 
 
 def _measure(task, candidate, outcome, target, spec: TargetSpec, measurer: Measurer, writer: LogWriter, progress) -> None:
     latency, error = None, None
     try:
-        latency = _time(task, candidate, target, measurer)
+        latency = measurer.time(*_built(task, candidate, target))
     except SparsecError:
         raise  # the measuring machine is unreachable: stop rather than log every candidate as failed
     except Exception as err:  # noqa: BLE001 - a failing candidate is recorded, the search goes on
@@ -150,17 +150,17 @@ def _confirm(task, outcome: TaskOutcome, target, spec: TargetSpec, measurer: Mea
     contenders = [default, outcome.best_candidate]
     timings: list[list[float]] = [[] for _ in contenders]
     try:
+        built = [_built(task, candidate, target) for candidate in contenders]
         for _ in range(CONFIRM_ROUNDS):
-            for candidate, times in zip(contenders, timings):
-                times.append(_time(task, candidate, target, measurer))
+            for (lib, arguments), times in zip(built, timings):
+                times.append(measurer.time(lib, arguments))
     except SparsecError:
         raise
     except Exception:  # noqa: BLE001 - both ran in the search; if one fails now, the search's records stand
         return
-    threads = int(os.environ.get("TVM_NUM_THREADS", "0")) or None
     medians = [sorted(times)[len(times) // 2] for times in timings]
     for candidate, median in zip(contenders, medians):
-        writer.append(Record(task.key, spec.isa(), candidate, median, None, threads, confirmed=True))
+        writer.append(Record(task.key, spec.isa(), candidate, median, None, _measuring_threads(), confirmed=True))
     outcome.default_us = medians[0]
     outcome.best_us, outcome.best_candidate = min(zip(medians, contenders), key=lambda pair: pair[0])
     outcome.confirmed = True
@@ -172,11 +172,14 @@ def _one_line(err: Exception) -> str:
 
 
 def _record(task, candidate: dict, latency, error, outcome, spec: TargetSpec, writer: LogWriter, progress) -> None:
-    threads = int(os.environ.get("TVM_NUM_THREADS", "0")) or None
-    writer.append(Record(task.key, spec.isa(), candidate, latency, error, threads))
+    writer.append(Record(task.key, spec.isa(), candidate, latency, error, _measuring_threads()))
     _note(outcome, candidate, latency)
     outcome.measured += 1
     progress.measured(outcome, latency)
+
+
+def _measuring_threads() -> int | None:
+    return int(os.environ.get("TVM_NUM_THREADS", "0")) or None
 
 
 def _note(outcome: TaskOutcome, candidate: dict, latency: float | None) -> None:
