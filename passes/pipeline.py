@@ -1,7 +1,8 @@
 """The pass pipeline between the ONNX import and TVM's build.
 
 TVM's default CPU build only legalizes and lowers; this pipeline adds what an inference compiler
-needs: element-wise chains between quantized tensors turned into lookup tables, QDQ layers rewritten into integer kernels, sparse layers rewritten into BSR kernels, fast vectorizable math for exp/erf/tanh, constant folding (weights are transposed once, at
+needs: element-wise chains between quantized tensors turned into lookup tables, QDQ layers (and
+matmuls of two quantized activations) rewritten into integer kernels, sparse layers rewritten into BSR kernels, fast vectorizable math for exp/erf/tanh, constant folding (weights are transposed once, at
 compile time), fusion of element-wise epilogues into their producers, dead-code removal, and a
 default schedule for every kernel.
 """
@@ -16,12 +17,17 @@ from tvm.target.codegen import llvm_cpu_has_features
 from sparsec.schedules import default_schedule_pass
 
 from .dense_to_bsr import BSROptions, DenseToBSR
+from .qdq_batch_matmul import QDQBatchMatmulToInt8
 from .qdq_lut import QDQElementwiseToLUT
 from .qdq_to_int8 import QDQToInt8
 
 
 def has_vnni(target: Target) -> bool:
     return bool(llvm_cpu_has_features(["avx512vnni"], target))
+
+
+def has_vbmi(target: Target) -> bool:
+    return bool(llvm_cpu_has_features(["avx512vbmi"], target))
 
 
 def optimization_pipeline(
@@ -40,8 +46,9 @@ def optimization_pipeline(
     return tvm.transform.Sequential(
         [
             # before QDQToInt8: a chain's table output is the next layer's quantized input
-            QDQElementwiseToLUT(),
+            QDQElementwiseToLUT(vbmi=has_vbmi(target)),
             quantized if quantized is not None else QDQToInt8(vnni=has_vnni(target)),
+            *([QDQBatchMatmulToInt8()] if has_vnni(target) else []),
             sparse if sparse is not None else DenseToBSR(BSROptions()),
             # exp/erf/tanh as polynomials LLVM can vectorize (libm calls would be scalar).
             relax.transform.FastMathTransform(),

@@ -44,8 +44,13 @@ _LIMITS = {"uint8": (0, 255), "int8": (-128, 127)}
 
 @tvm.transform.module_pass(opt_level=0, name="sparsec.QDQElementwiseToLUT")
 class QDQElementwiseToLUT:
+    """`vbmi`: the target has AVX-512 VBMI (64 lookups per vpermi2b pair) for the lookups."""
+
+    def __init__(self, vbmi: bool = False):
+        self.vbmi = vbmi
+
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rewriter = _Rewriter(mod)
+        rewriter = _Rewriter(mod, self.vbmi)
         for gvar, func in mod.functions_items():
             if isinstance(func, relax.Function):
                 rewriter.bindings = Dataflow(func).bindings
@@ -152,8 +157,9 @@ class _Chain:
 
 @mutator
 class _Rewriter(PyExprMutator):
-    def __init__(self, mod):
+    def __init__(self, mod, vbmi: bool):
         super().__init__(mod)
+        self.vbmi = vbmi
         self.bindings: dict = {}
 
     def visit_var_binding_(self, binding) -> None:
@@ -164,7 +170,7 @@ class _Rewriter(PyExprMutator):
         source, values = table
         shape = [int(d) for d in source.ty.shape.values]
         size, in_dtype, out_dtype = int(np.prod(shape)), str(source.ty.dtype), str(values.dtype)
-        kernel = self.builder_.add_func(u8_lookup_kernel(size, in_dtype, out_dtype), "u8_lookup")
+        kernel = self.builder_.add_func(u8_lookup_kernel(size, in_dtype, out_dtype, self.vbmi), "u8_lookup")
         flat = self.builder_.emit(relax.op.reshape(self.visit_expr(source), (size,)))
         looked_up = self.builder_.emit(
             relax.call_tir(kernel, relax.Tuple([flat, relax.const(values.astype(np.int32))]), relax.TensorType((size,), out_dtype))

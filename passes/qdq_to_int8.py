@@ -77,7 +77,7 @@ def _find_chains(graph: Dataflow) -> dict[relax.Var, _QuantizedChain]:
         is_conv = is_op(value, "relax.nn.conv2d")
         if not (is_op(value, "relax.matmul") or is_conv):
             continue
-        activations = _quantized_activations(value.args[0], graph.bindings)
+        activations = quantized_activations(value.args[0], graph.bindings)
         weight = _quantized_weight(value.args[1], graph.bindings)
         if activations is None or weight is None:
             continue
@@ -94,7 +94,7 @@ def _find_chains(graph: Dataflow) -> dict[relax.Var, _QuantizedChain]:
             end, activation = relu, "relu"
         requantize = None
         if (quantize := graph.only_user_call(end, "relax.quantize")) is not None:
-            requantize = _output_quantization(graph.bindings[quantize], graph.bindings)
+            requantize = output_quantization(graph.bindings[quantize], graph.bindings)
             end = quantize if requantize is not None else end
         out_shape = tuple(int(d) for d in end.ty.shape.values)
         chains[end] = _QuantizedChain(*activations, weight_nk, weight_scale, bias, activation, requantize, out_shape, conv)
@@ -113,7 +113,7 @@ def _dequantize_args(expr: relax.Expr, bindings):
     return value.args[0], scale, zero_point, int(value.attrs.axis)
 
 
-def _quantized_activations(expr: relax.Expr, bindings) -> tuple[relax.Expr, int, float] | None:
+def quantized_activations(expr: relax.Expr, bindings) -> tuple[relax.Expr, int, float] | None:
     found = _dequantize_args(expr, bindings)
     if found is None:
         return None
@@ -153,7 +153,7 @@ def _quantized_weight(expr: relax.Expr, bindings) -> tuple[np.ndarray, np.ndarra
     return np.ascontiguousarray(weight_nk), scales
 
 
-def _output_quantization(quantize: relax.Call, bindings) -> Requantize | None:
+def output_quantization(quantize: relax.Call, bindings) -> Requantize | None:
     """The layer's own output QuantizeLinear, per tensor: it moves into the kernel's epilogue."""
     params, dtype = per_tensor_quantization(quantize, bindings), str(quantize.attrs.out_dtype)
     if params is None or dtype not in ("uint8", "int8"):

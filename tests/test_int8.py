@@ -4,6 +4,7 @@ activations) against onnxruntime within one output quantization step, and the in
 each target gets (vpdpbusd in the artifact for VNNI targets, none without)."""
 
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -21,6 +22,10 @@ from sparsec.schedules.u8s8_matmul import Int8MatmulShape, Requantize, pack_weig
 from sparsec.target import parse_target
 
 RNG = np.random.default_rng(0)
+
+
+def needs_host_feature(flag: str):
+    return pytest.mark.skipif(flag not in Path("/proc/cpuinfo").read_text().split(), reason=f"this CPU lacks {flag}")
 
 
 @pytest.mark.parametrize("vnni", [True, False])
@@ -84,13 +89,14 @@ def test_regroup_kernel_matches_numpy(m, k):
     np.testing.assert_array_equal(buffers[1].numpy(), x.reshape(m, k // 4, 4).transpose(1, 0, 2))
 
 
-@pytest.mark.parametrize(("size", "dtype"), [(5, "int8"), (16 * 300 + 7, "uint8"), (3 * 4096, "int8")])
-def test_lookup_kernel_matches_numpy(size, dtype):
+@pytest.mark.parametrize("vbmi", [False, pytest.param(True, marks=needs_host_feature("avx512vbmi"))])
+@pytest.mark.parametrize(("size", "dtype"), [(5, "int8"), (64 * 300 + 7, "uint8"), (3 * 16384 + 64, "int8")])
+def test_lookup_kernel_matches_numpy(size, dtype, vbmi):
     info = np.iinfo(dtype)
     x = RNG.integers(info.min, info.max + 1, size).astype(dtype)
     table = RNG.integers(0, 256, 256).astype(np.int32)
     buffers = [tvm.runtime.tensor(a) for a in (x, table, np.zeros(size, np.uint8))]
-    _build(u8_lookup_kernel(size, dtype, "uint8"))["main"](*buffers)
+    _build(u8_lookup_kernel(size, dtype, "uint8", vbmi))["main"](*buffers)
     np.testing.assert_array_equal(buffers[2].numpy(), table[x.astype(np.int32) - info.min])
 
 

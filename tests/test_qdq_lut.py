@@ -4,6 +4,9 @@ QuantizeLinear/DequantizeLinear of the chain as the ONNX spec says."""
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -81,7 +84,7 @@ def _gelu_chain(dtype=TensorProto.UINT8, quantized_constants=False, bias=None, s
 
 
 def _lookup_kernels(result) -> int:
-    return sum(rule == "U8Lookup" for rule in result.schedules.values())
+    return sum(rule.startswith("U8Lookup") for rule in result.schedules.values())
 
 
 def _feeds(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -101,6 +104,23 @@ def test_gelu_chain_is_one_table_and_exact(compile_onnx, dtype, quantized_consta
     # onnxruntime runs the Add/Mul with quantized constants as its own QLinearAdd/QLinearMul,
     # whose roundings differ from the spec's by at most one step
     assert np.abs(ours - onnxruntime_outputs(model, feeds)[0]).max() <= OUT_SCALE * 1.01
+
+
+HOST_HAS_VBMI = "avx512vbmi" in Path("/proc/cpuinfo").read_text().split()
+
+
+@pytest.mark.parametrize(("cpu", "kernel"), [("skylake-avx512", "U8Lookup"), ("icelake-server", "U8LookupVBMI")])
+def test_lookup_path_follows_the_target(compile_onnx, cpu, kernel):
+    """AVX-512 VBMI targets look up 64 bytes per vpermi2b pair, others one byte at a time."""
+    model = _gelu_chain(TensorProto.INT8)
+    compiled, result = compile_onnx(model, cpu, target=f"llvm -mcpu={cpu}")
+    assert [rule for rule in result.schedules.values() if rule.startswith("U8Lookup")] == [kernel]
+    disassembly = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(result.output)], capture_output=True, text=True, check=True).stdout
+    assert ("vpermi2b" in disassembly or "vpermt2b" in disassembly) == (kernel == "U8LookupVBMI")
+    if kernel == "U8LookupVBMI" and not HOST_HAS_VBMI:
+        pytest.skip("this CPU cannot run AVX-512 VBMI code")
+    feeds = _feeds(model)
+    np.testing.assert_array_equal(compiled.run(None, feeds)[0], ReferenceEvaluator(model).run(None, feeds)[0])
 
 
 @pytest.mark.parametrize("variant", ["per-channel bias", "two inputs"])

@@ -1,0 +1,120 @@
+"""Rewrite matmuls of two quantized activations (attention's QK^T and PV) into integer kernels.
+
+Pattern (QDQ MatMul without a constant operand):
+    matmul(dequantize(a, sa, za), dequantize(b, sb, zb))  [quantize(., so, zo)]
+with a, b uint8/int8 activations of equal batch dimensions and per-tensor scales. The product
+becomes one u8 x s8 -> int32 kernel per call with the requantize (or dequantize) epilogue
+(schedules/u8s8_batch_matmul.py); b is handed over transposed, [batch, N, K], a permute_dims
+that fuses into the element-wise kernel producing b. Matmuls with a constant weight are
+QDQToInt8's. VNNI targets only: elsewhere the float matmul stays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from sparsec.schedules.u8s8_batch_matmul import Int8BatchMatmulShape, QuantizedOperand, supports_int8_batch_matmul, u8s8_batch_matmul_kernel
+from sparsec.schedules.u8s8_matmul import Requantize
+
+from .dataflow import Dataflow, constant_array, is_op
+from .qdq_to_int8 import output_quantization, quantized_activations
+
+
+@dataclass
+class _BatchMatmul:
+    lhs: relax.Expr
+    rhs: relax.Expr
+    lhs_quantization: QuantizedOperand
+    rhs_quantization: QuantizedOperand
+    shape: Int8BatchMatmulShape
+    requantize: Requantize | None
+    out_shape: tuple[int, ...]
+
+
+@tvm.transform.module_pass(opt_level=0, name="sparsec.QDQBatchMatmulToInt8")
+class QDQBatchMatmulToInt8:
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        rewriter = _Rewriter(mod)
+        for gvar, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                rewriter.matmuls = _find_matmuls(Dataflow(func))
+                rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+        return relax.transform.DeadCodeElimination()(rewriter.builder_.get())
+
+
+def _find_matmuls(graph: Dataflow) -> dict[relax.Var, _BatchMatmul]:
+    found = {}
+    for var, value in graph.bindings.items():
+        if not is_op(value, "relax.matmul"):
+            continue
+        operands = [_activation_operand(arg, graph.bindings) for arg in value.args]
+        if None in operands:
+            continue
+        (lhs, lhs_quantization), (rhs, rhs_quantization) = operands
+        shape = _batch_shape(lhs, rhs)
+        if shape is None or not supports_int8_batch_matmul(shape):
+            continue
+        end, requantize = var, None
+        if (quantize := graph.only_user_call(var, "relax.quantize")) is not None:
+            requantize = output_quantization(graph.bindings[quantize], graph.bindings)
+            end = quantize if requantize is not None else end
+        out_shape = tuple(int(d) for d in value.ty.shape.values)
+        found[end] = _BatchMatmul(lhs, rhs, lhs_quantization, rhs_quantization, shape, requantize, out_shape)
+    return found
+
+
+def _activation_operand(expr: relax.Expr, bindings) -> tuple[relax.Expr, QuantizedOperand] | None:
+    """(q, its quantization) for dequantize(q) of a non-constant per-tensor quantized tensor."""
+    activations = quantized_activations(expr, bindings)
+    if activations is None:
+        return None
+    data, zero_point, scale = activations
+    if constant_array(data, bindings) is not None:
+        return None  # a weight: QDQToInt8's
+    return data, QuantizedOperand(str(data.ty.dtype), scale, zero_point)
+
+
+def _batch_shape(lhs: relax.Expr, rhs: relax.Expr) -> Int8BatchMatmulShape | None:
+    """[..., M, K] x [..., K, N] with the same static batch dimensions (no broadcasting)."""
+    dims = []
+    for operand in (lhs, rhs):
+        shape = operand.ty.shape
+        if not isinstance(shape, relax.ShapeExpr) or not all(isinstance(d, tvm.tirx.IntImm) for d in shape.values):
+            return None
+        dims.append([int(d) for d in shape.values])
+    (*lhs_batch, m, k), (*rhs_batch, k_rhs, n) = dims
+    if len(dims[0]) < 2 or lhs_batch != rhs_batch or k != k_rhs:
+        return None
+    return Int8BatchMatmulShape(int(np.prod(lhs_batch, dtype=np.int64)), m, k, n)
+
+
+@mutator
+class _Rewriter(PyExprMutator):
+    def __init__(self, mod):
+        super().__init__(mod)
+        self.matmuls: dict[relax.Var, _BatchMatmul] = {}
+
+    def visit_var_binding_(self, binding) -> None:
+        matmul = self.matmuls.get(binding.var)
+        if matmul is None:
+            super().visit_var_binding_(binding)
+            return
+        shape = matmul.shape
+        emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) else self.builder_.emit_output
+        lhs = self.builder_.emit(relax.op.reshape(self.visit_expr(matmul.lhs), (shape.batch, shape.m, shape.k)))
+        rank = len(matmul.out_shape)
+        rhs_t = relax.op.permute_dims(self.visit_expr(matmul.rhs), [*range(rank - 2), rank - 1, rank - 2])
+        rhs_t = self.builder_.emit(relax.op.reshape(rhs_t, (shape.batch, shape.n, shape.k)))
+        func = u8s8_batch_matmul_kernel(shape, matmul.lhs_quantization, matmul.rhs_quantization, matmul.requantize)
+        suffix = "_requantize" if matmul.requantize is not None else ""
+        kernel = self.builder_.add_func(func, f"u8s8_batch_matmul_vnni{suffix}")
+        dtype = matmul.requantize.dtype if matmul.requantize is not None else "float32"
+        product = self.builder_.emit(
+            relax.call_tir(kernel, relax.Tuple([lhs, rhs_t]), relax.TensorType((shape.batch, shape.m, shape.n), dtype))
+        )
+        self.set_var_remap(binding.var, emit(relax.op.reshape(product, matmul.out_shape)))
