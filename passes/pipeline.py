@@ -1,7 +1,8 @@
 """The pass pipeline between the ONNX import and TVM's build.
 
 TVM's default CPU build only legalizes and lowers; this pipeline adds what an inference compiler
-needs: element-wise chains between quantized tensors turned into lookup tables, QDQ layers (and
+needs: layout ops moved onto quantized bytes, element-wise chains between quantized tensors
+turned into lookup tables, QDQ layers (and
 matmuls of two quantized activations) rewritten into integer kernels, sparse layers rewritten into BSR kernels, fast vectorizable math for exp/erf/tanh, constant folding (weights are transposed once, at
 compile time), fusion of element-wise epilogues into their producers, dead-code removal, and a
 default schedule for every kernel.
@@ -18,6 +19,7 @@ from sparsec.schedules import default_schedule_pass
 
 from .dense_to_bsr import BSROptions, DenseToBSR
 from .qdq_batch_matmul import QDQBatchMatmulToInt8
+from .qdq_layout_fold import QDQLayoutFold
 from .qdq_lut import QDQElementwiseToLUT
 from .qdq_to_int8 import QDQToInt8
 
@@ -45,6 +47,7 @@ def optimization_pipeline(
     scheduling += [default_schedule_pass(target)] if schedule else []
     return tvm.transform.Sequential(
         [
+            QDQLayoutFold(),
             # before QDQToInt8: a chain's table output is the next layer's quantized input
             QDQElementwiseToLUT(vbmi=has_vbmi(target)),
             quantized if quantized is not None else QDQToInt8(vnni=has_vnni(target)),

@@ -1,14 +1,17 @@
 """Rewrite QDQ layers into integer kernels.
 
 Pattern (what QuantizeLinear/DequantizeLinear around MatMul/Gemm/Conv import as):
-    matmul|conv2d(dequantize(q, sx, zx), W')  [+ bias] [relu] [quantize(., so, zo)]
+    matmul|conv2d(dequantize(q, sx, zx), W')  [+ bias] [relu] [quantize(., so, zo)
+                                               [dequantize(., so, zo) + bias2, quantize(., s2, z2)]]
 where q is a uint8/int8 activation tensor with per-tensor scale and zero point, and W' is
 dequantize(W, sw, 0) of a constant int8 weight (per-tensor or per-output-channel scales,
 symmetric), possibly behind permute_dims (Gemm transB=1). A convolution (NCHW, ungrouped) runs
 as the matmul of its im2col rows and W as [O, C*KH*KW]. The bias is a float constant or
-dequantize(int32 constant). The chain becomes one u8 x s8 -> int32 kernel with the dequantize
-(and bias, activation) epilogue; the float weight never exists. int8 activations are shifted
-into uint8 (+128, with the zero point) because vpdpbusd multiplies unsigned by signed bytes.
+dequantize(int32 constant); bias2 (a matmul's bias add after its output Q/DQ, as QDQ exports
+write MatMul + Add) runs in the epilogue after the requantize. The chain becomes one
+u8 x s8 -> int32 kernel with the dequantize (and bias, activation) epilogue; the float weight
+never exists. int8 activations are shifted into uint8 (+128, with the zero point) because
+vpdpbusd multiplies unsigned by signed bytes.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from sparsec.schedules.u8_regroup import u8_regroup_kernel
 from sparsec.schedules.u8s8_bsr_matmul import Int8BSRShape, pack_int8_bsr, supports_int8_bsr, u8s8_bsr_kernel
-from sparsec.schedules.u8s8_matmul import GROUP, Int8MatmulShape, Requantize, pack_weight, u8s8_matmul_kernel
+from sparsec.schedules.u8s8_matmul import GROUP, Int8MatmulShape, PostBias, Requantize, output_dtype, pack_weight, u8s8_matmul_kernel
 
 from .block_sparsity import Int8LayerPlan, plan_int8_layer
 from .dataflow import Dataflow, bound_value, constant_array, is_op, other_operand, per_tensor_quantization
@@ -53,6 +56,8 @@ class _QuantizedChain:
     requantize: Requantize | None
     out_shape: tuple[int, ...]
     conv: ConvGeometry | None  # None: a matmul
+    post_bias: PostBias | None = None
+    post_bias_values: np.ndarray | None = None  # [N]
 
 
 @tvm.transform.module_pass(opt_level=0, name="sparsec.QDQToInt8")
@@ -96,9 +101,31 @@ def _find_chains(graph: Dataflow) -> dict[relax.Var, _QuantizedChain]:
         if (quantize := graph.only_user_call(end, "relax.quantize")) is not None:
             requantize = output_quantization(graph.bindings[quantize], graph.bindings)
             end = quantize if requantize is not None else end
+        post_bias, post_bias_values = None, None
+        if requantize is not None and conv is None and (found := _post_bias(graph, end, requantize, weight_nk.shape[0])) is not None:
+            end, post_bias, post_bias_values = found
         out_shape = tuple(int(d) for d in end.ty.shape.values)
-        chains[end] = _QuantizedChain(*activations, weight_nk, weight_scale, bias, activation, requantize, out_shape, conv)
+        chains[end] = _QuantizedChain(
+            *activations, weight_nk, weight_scale, bias, activation, requantize, out_shape, conv, post_bias, post_bias_values
+        )
     return chains
+
+
+def _post_bias(graph: Dataflow, quantized: relax.Var, requantize: Requantize, n: int):
+    """(the end, PostBias, bias values) when the layer's requantized output only feeds
+    dequantize (same parameters) -> add(per-channel constant) -> quantize (per tensor); None
+    otherwise. Matmuls only: the bias runs along the output's last axis."""
+    dequantize = graph.only_user_call(quantized, "relax.dequantize")
+    if dequantize is None or per_tensor_quantization(graph.bindings[dequantize], graph.bindings) != (requantize.scale, requantize.zero_point):
+        return None
+    add = graph.only_user_call(dequantize, "relax.add")
+    if add is None or int(quantized.ty.shape.values[-1]) != n:
+        return None
+    values = _bias(other_operand(graph.bindings[add], dequantize), n, graph.bindings)
+    quantize = graph.only_user_call(add, "relax.quantize")
+    if values is None or quantize is None or (output := output_quantization(graph.bindings[quantize], graph.bindings)) is None:
+        return None
+    return quantize, PostBias(output), values
 
 
 def _dequantize_args(expr: relax.Expr, bindings):
@@ -256,8 +283,8 @@ class _Rewriter(PyExprMutator):
         compensation = (zero_point * chain.weight_nk.astype(np.int32).sum(axis=1)).astype(np.int32)
         scale = (chain.scale * chain.weight_scale).astype(np.float32)
         bias = (chain.bias if chain.bias is not None else np.zeros(n, np.float32)).astype(np.float32)
-        out_type = relax.TensorType((m, n), chain.requantize.dtype if chain.requantize is not None else "float32")
-        suffix = "_requantize" if chain.requantize is not None else ""
+        out_type = relax.TensorType((m, n), output_dtype(chain.requantize, chain.post_bias))
+        suffix = ("_requantize" if chain.requantize is not None else "") + ("_bias" if chain.post_bias is not None else "")
         if sparse:
             return self._sparse_int8_layer(chain, plan.block_rows, x, (compensation, scale, bias), out_type, suffix)
         return self._dense_int8_layer(chain, vnni, x, (compensation, scale, bias), out_type, suffix)
@@ -267,8 +294,11 @@ class _Rewriter(PyExprMutator):
         m = out_type.shape.values[0]
         data, indices, indptr = pack_int8_bsr(chain.weight_nk, block_rows)
         shape = Int8BSRShape(int(m), k, n, block_rows, data.shape[0])
-        kernel = self.builder_.add_func(u8s8_bsr_kernel(shape, chain.activation, chain.requantize), f"u8s8_bsr_{block_rows}x4{suffix}")
-        args = [self._regrouped(x), *(relax.const(a) for a in (data, indices, indptr, *epilogue_arrays))]
+        func = u8s8_bsr_kernel(shape, chain.activation, chain.requantize, post_bias=chain.post_bias)
+        kernel = self.builder_.add_func(func, f"u8s8_bsr_{block_rows}x4{suffix}")
+        compensation, scale, bias = epilogue_arrays
+        bias = bias if chain.post_bias is None else np.concatenate([bias, chain.post_bias_values])
+        args = [self._regrouped(x), *(relax.const(a) for a in (data, indices, indptr, compensation, scale, bias))]
         return self.builder_.emit(relax.call_tir(kernel, relax.Tuple(args), out_type))
 
     def _dense_int8_layer(self, chain, vnni: bool, x, epilogue_arrays, out_type, suffix) -> relax.Var:
@@ -276,7 +306,9 @@ class _Rewriter(PyExprMutator):
         shape = Int8MatmulShape(int(out_type.shape.values[0]), k, n)
         padding = shape.padded_n - n
         compensation, scale, bias = (np.pad(a, (0, padding)).astype(a.dtype) for a in epilogue_arrays)
-        func = u8s8_matmul_kernel(shape, vnni, chain.activation, chain.requantize)
+        if chain.post_bias is not None:
+            bias = np.concatenate([bias, np.pad(chain.post_bias_values, (0, padding)).astype(np.float32)])
+        func = u8s8_matmul_kernel(shape, vnni, chain.activation, chain.requantize, post_bias=chain.post_bias)
         kernel = self.builder_.add_func(func, f"u8s8_matmul_{'vnni' if vnni else 'generic'}{suffix}")
         args = [x, *(relax.const(a) for a in (pack_weight(chain.weight_nk, vnni), compensation, scale, bias))]
         return self.builder_.emit(relax.call_tir(kernel, relax.Tuple(args), out_type))

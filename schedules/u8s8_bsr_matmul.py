@@ -27,7 +27,7 @@ from tvm.script import tirx as T
 
 from .apply import mark_scheduled
 from .tunable import TunableFamily, divisors_among, tag
-from .u8s8_matmul import GROUP, LANES, MAX_ACCUMULATORS, Requantize, output_epilogue
+from .u8s8_matmul import GROUP, LANES, MAX_ACCUMULATORS, PostBias, Requantize, epilogue_from_workload, epilogue_workload, output_dtype, output_epilogue
 
 ROWS_PER_VECTOR = LANES  # rows of M per vpdpbusd
 DEFAULT_CHUNKS = 8  # parallel chunks of block-row groups: enough to balance up to 8 threads
@@ -62,10 +62,14 @@ def pack_int8_bsr(weight_nk: np.ndarray, block_rows: int) -> tuple[np.ndarray, n
 
 
 def u8s8_bsr_kernel(
-    shape: Int8BSRShape, activation_name: str | None = None, requantize: Requantize | None = None, knobs: dict | None = None
+    shape: Int8BSRShape,
+    activation_name: str | None = None,
+    requantize: Requantize | None = None,
+    knobs: dict | None = None,
+    post_bias: PostBias | None = None,
 ) -> tirx.PrimFunc:
     """x u8 [K/4, M, 4], data, indices, indptr, compensation i32 [N], scale f32 [N], bias f32 [N]
-    -> out [M, N] (f32, or the requantize dtype). Knobs: {"group": G block rows per tile,
+    ([2 N] with `post_bias`) -> out [M, N] (f32, or the requantize dtype). Knobs: {"group": G block rows per tile,
     "vectors": 16-row vectors of M per tile}."""
     M, N, R, nnz = shape.m, shape.n, shape.block_rows, shape.stored_blocks
     KG, NB = shape.k // GROUP, shape.n // R
@@ -74,8 +78,9 @@ def u8s8_bsr_kernel(
     CHUNKS = knobs.get("chunks", NB // G)  # logs from before the knob: one chunk per block-row group
     C = G * R  # channels per tile
     MT = vectors * ROWS_PER_VECTOR
-    out_dtype = requantize.dtype if requantize is not None else "float32"
-    finish = output_epilogue(activation_name, requantize)
+    out_dtype = output_dtype(requantize, post_bias)
+    finish = output_epilogue(activation_name, requantize, post_bias)
+    bias_stages = 2 if post_bias is not None else 1
 
     @T.prim_func(private=True, s_tir=True)
     def kernel(
@@ -85,7 +90,7 @@ def u8s8_bsr_kernel(
         indptr: T.Buffer((NB + 1,), "int32"),
         compensation: T.Buffer((N,), "int32"),
         scale: T.Buffer((N,), "float32"),
-        bias: T.Buffer((N,), "float32"),
+        bias: T.Buffer((bias_stages * N,), "float32"),
         out: T.Buffer((M, N), out_dtype),
     ):
         T.func_attr({"tirx.noalias": True})
@@ -113,10 +118,11 @@ def u8s8_bsr_kernel(
                     for b in T.unroll(MT):
                         for c in T.vectorized(C):  # channels are contiguous in out
                             out[mo * MT + b, nbo * C + c] = finish(
-                                T.Cast("float32", acc[c, b] - compensation[nbo * C + c]) * scale[nbo * C + c] + bias[nbo * C + c]
+                                T.Cast("float32", acc[c, b] - compensation[nbo * C + c]) * scale[nbo * C + c] + bias[nbo * C + c],
+                                bias[(bias_stages - 1) * N + nbo * C + c],
                             )
 
-    workload = {"shape": asdict(shape), "activation": activation_name, "requantize": asdict(requantize) if requantize else None}
+    workload = {"shape": asdict(shape), **epilogue_workload(activation_name, requantize, post_bias)}
     return tag(mark_scheduled(kernel, "U8S8BSRVNNI"), "u8s8_bsr", workload, knobs)
 
 
@@ -140,8 +146,8 @@ def _space(shape: Int8BSRShape) -> list[dict]:
 
 
 def _build(workload: dict, knobs: dict | None) -> tirx.PrimFunc:
-    requantize = Requantize(**workload["requantize"]) if workload["requantize"] else None
-    return u8s8_bsr_kernel(Int8BSRShape(**workload["shape"]), workload["activation"], requantize, knobs)
+    activation_name, requantize, post_bias = epilogue_from_workload(workload)
+    return u8s8_bsr_kernel(Int8BSRShape(**workload["shape"]), activation_name, requantize, knobs, post_bias)
 
 
 TUNABLE = [TunableFamily("u8s8_bsr", lambda w: _space(Int8BSRShape(**w["shape"])), _build)]

@@ -60,19 +60,59 @@ class Int8MatmulShape:
         return -(-self.k // GROUP) * GROUP
 
 
-def output_epilogue(activation_name: str | None, requantize: Requantize | None) -> Callable[[tirx.PrimExpr], tirx.PrimExpr]:
-    """The dequantized value's last steps: activation, then QuantizeLinear when requantizing."""
+@dataclass(frozen=True)
+class PostBias:
+    """A bias add after the layer's own output QuantizeLinear, as QDQ exports write it
+    (matmul -> Q -> DQ -> + bias -> Q): the requantized value is dequantized, a second
+    per-channel bias (the bias buffer's second half) added, and the sum quantized to `output`."""
+
+    output: Requantize
+
+
+def output_epilogue(
+    activation_name: str | None, requantize: Requantize | None, post_bias: PostBias | None = None
+) -> Callable[..., tirx.PrimExpr]:
+    """The dequantized value's last steps: activation, then QuantizeLinear when requantizing,
+    then the post-requantize bias add (`finish(value, second_bias)`)."""
     act = activation(activation_name)
 
-    def finish(value):
+    def quantize(value, params: Requantize):
+        low, high = params.limits
+        quantized = T.round(value / T.float32(params.scale)) + T.float32(params.zero_point)
+        return T.max(T.min(quantized, T.float32(high)), T.float32(low))
+
+    def finish(value, second_bias=None):
         value = act(value)
         if requantize is None:
             return value
-        low, high = requantize.limits
-        quantized = T.round(value / T.float32(requantize.scale)) + T.float32(requantize.zero_point)
-        return T.Cast(requantize.dtype, T.max(T.min(quantized, T.float32(high)), T.float32(low)))
+        quantized = quantize(value, requantize)
+        if post_bias is None:
+            return T.Cast(requantize.dtype, quantized)
+        value = (quantized - T.float32(requantize.zero_point)) * T.float32(requantize.scale) + second_bias
+        return T.Cast(post_bias.output.dtype, quantize(value, post_bias.output))
 
     return finish
+
+
+def epilogue_workload(activation_name: str | None, requantize: Requantize | None, post_bias: PostBias | None) -> dict:
+    """The epilogue's part of a kernel's workload key (`post_bias` only when there is one, so
+    the keys of existing tuning logs stay valid)."""
+    workload = {"activation": activation_name, "requantize": asdict(requantize) if requantize else None}
+    if post_bias is not None:
+        workload["post_bias"] = asdict(post_bias)
+    return workload
+
+
+def epilogue_from_workload(workload: dict) -> tuple[str | None, Requantize | None, PostBias | None]:
+    requantize = Requantize(**workload["requantize"]) if workload["requantize"] else None
+    post_bias = PostBias(Requantize(**workload["post_bias"]["output"])) if workload.get("post_bias") else None
+    return workload["activation"], requantize, post_bias
+
+
+def output_dtype(requantize: Requantize | None, post_bias: PostBias | None) -> str:
+    if post_bias is not None:
+        return post_bias.output.dtype
+    return requantize.dtype if requantize is not None else "float32"
 
 
 def pack_weight(weight_nk: np.ndarray, vnni: bool) -> np.ndarray:
@@ -106,10 +146,16 @@ def _default_knobs(shape: Int8MatmulShape) -> dict:
 
 
 def u8s8_matmul_kernel(
-    shape: Int8MatmulShape, vnni: bool, activation_name: str | None = None, requantize: Requantize | None = None, knobs: dict | None = None
+    shape: Int8MatmulShape,
+    vnni: bool,
+    activation_name: str | None = None,
+    requantize: Requantize | None = None,
+    knobs: dict | None = None,
+    post_bias: PostBias | None = None,
 ) -> tirx.PrimFunc:
     """x u8 [M, K'] (K' = K padded to 4 for vnni), packed W, compensation i32 [N'], scale f32 [N'],
-    bias f32 [N'] -> out [M, N], f32 or, with `requantize`, its integer dtype. N' = N padded to 16."""
+    bias f32 [N'] ([2 N'] with `post_bias`: its bias second) -> out [M, N], f32 or, with
+    `requantize`, its integer dtype. N' = N padded to 16."""
     M, N = shape.m, shape.n
     K = shape.padded_k if vnni else shape.k
     NB, KG = shape.padded_n // LANES, shape.padded_k // GROUP
@@ -117,8 +163,9 @@ def u8s8_matmul_kernel(
     MR, NR = knobs["rows"], knobs["blocks"]
     ragged_n = N % LANES != 0
     weight_shape = (NB, KG, LANES, GROUP) if vnni else (K, shape.padded_n)
-    out_dtype = requantize.dtype if requantize is not None else "float32"
-    finish = output_epilogue(activation_name, requantize)
+    out_dtype = output_dtype(requantize, post_bias)
+    finish = output_epilogue(activation_name, requantize, post_bias)
+    bias_stages = 2 if post_bias is not None else 1
 
     def channel(nbo, lane):  # lane in [0, NR * 16) of the tile's channels
         return nbo * NR * LANES + lane
@@ -129,7 +176,7 @@ def u8s8_matmul_kernel(
         w: T.Buffer(weight_shape, "int8"),
         compensation: T.Buffer((shape.padded_n,), "int32"),
         scale: T.Buffer((shape.padded_n,), "float32"),
-        bias: T.Buffer((shape.padded_n,), "float32"),
+        bias: T.Buffer((bias_stages * shape.padded_n,), "float32"),
         out: T.Buffer((M, N), out_dtype),
     ):
         T.func_attr({"tirx.noalias": True})
@@ -164,17 +211,18 @@ def u8s8_matmul_kernel(
                             if not ragged_n or channel(nbo, lane) < N:
                                 out[mo * MR + r, channel(nbo, lane)] = finish(
                                     T.Cast("float32", acc[r, lane] - compensation[channel(nbo, lane)]) * scale[channel(nbo, lane)]
-                                    + bias[channel(nbo, lane)]
+                                    + bias[channel(nbo, lane)],
+                                    bias[(bias_stages - 1) * shape.padded_n + channel(nbo, lane)],
                                 )
 
     family = "U8S8MatmulVNNI" if vnni else "U8S8Matmul"
-    workload = {"shape": asdict(shape), "vnni": vnni, "activation": activation_name, "requantize": asdict(requantize) if requantize else None}
+    workload = {"shape": asdict(shape), "vnni": vnni, **epilogue_workload(activation_name, requantize, post_bias)}
     return tag(mark_scheduled(kernel, family), "u8s8_matmul", workload, knobs)
 
 
 def _build(workload: dict, knobs: dict | None) -> tirx.PrimFunc:
-    requantize = Requantize(**workload["requantize"]) if workload["requantize"] else None
-    return u8s8_matmul_kernel(Int8MatmulShape(**workload["shape"]), workload["vnni"], workload["activation"], requantize, knobs)
+    activation_name, requantize, post_bias = epilogue_from_workload(workload)
+    return u8s8_matmul_kernel(Int8MatmulShape(**workload["shape"]), workload["vnni"], activation_name, requantize, knobs, post_bias)
 
 
 TUNABLE = [TunableFamily("u8s8_matmul", lambda w: _space(Int8MatmulShape(**w["shape"])), _build)]

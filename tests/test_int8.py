@@ -100,14 +100,18 @@ def test_lookup_kernel_matches_numpy(size, dtype, vbmi):
     np.testing.assert_array_equal(buffers[2].numpy(), table[x.astype(np.int32) - info.min])
 
 
-def test_pruned_qdq_mlp_runs_bsr_int8_and_matches_onnxruntime(compile_onnx, tmp_path):
+@pytest.mark.parametrize("form", ["gemm", "matmul"])
+def test_pruned_qdq_mlp_runs_bsr_int8_and_matches_onnxruntime(compile_onnx, tmp_path, form):
     source, target = tmp_path / "fp32.onnx", tmp_path / "qdq.onnx"
-    onnx.save(models.prune(models.mlp((128, 256, 256, 16), batch=32), 0.9, (1, 4)), str(source))
+    onnx.save(models.prune(models.mlp((128, 256, 256, 16), batch=32, form=form), 0.9, (1, 4)), str(source))
     models.quantize_qdq(source, target)
     model = onnx.load(str(target))
     compiled, result = compile_onnx(model, "pruned_qdq_mlp")
     assert [d.path for d in result.int8_layers][:2] == ["vnni-bsr", "vnni-bsr"]
     assert all(d.plan.block_rows == 1 for d in result.int8_layers[:2])  # the weights' own 1x4 pattern
+    if form == "matmul":  # the bias add after the output QuantizeLinear runs in the BSR kernel
+        sparse_layers = sum(d.path == "vnni-bsr" for d in result.int8_layers)
+        assert sum(name.startswith("u8s8_bsr_1x4_requantize_bias") for name in result.schedules) == sparse_layers
     feeds = random_feeds(compiled)
     difference = np.abs(compiled.run(None, feeds)[0] - onnxruntime_outputs(model, feeds)[0]).max()
     assert difference <= _output_step(model) * 1.001, difference
@@ -135,8 +139,10 @@ def test_qdq_mlp_matches_onnxruntime(compile_onnx, tmp_path, form, per_channel, 
     model = _qdq_mlp(tmp_path, form, per_channel, activations)
     compiled, result = compile_onnx(model, "qdq_mlp")
     assert [d.path for d in result.int8_layers] == ["vnni"] * 3  # the host (Zen 4) has VNNI
-    # every layer's output QuantizeLinear runs in its kernel: the next layer reads bytes directly
-    assert sum(name.startswith("u8s8_matmul_vnni_requantize") for name in result.schedules) == 3
+    # every layer's output QuantizeLinear runs in its kernel: the next layer reads bytes directly;
+    # MatMul + Add's bias add between two QuantizeLinears (matmul -> Q -> DQ -> + b -> Q) too
+    epilogue = "u8s8_matmul_vnni_requantize" + ("_bias" if form == "matmul" else "")
+    assert sum(name.startswith(epilogue) for name in result.schedules) == 3
     feeds = random_feeds(compiled)
     difference = np.abs(compiled.run(None, feeds)[0] - onnxruntime_outputs(model, feeds)[0]).max()
     assert difference <= _output_step(model) * 1.001, difference
