@@ -2,7 +2,7 @@
 
 TVM's default CPU build only legalizes and lowers; this pipeline adds what an inference compiler
 needs: layout ops moved onto quantized bytes, element-wise chains between quantized tensors
-turned into lookup tables, QDQ layers (and
+turned into lookup tables, quantized softmax on bytes, QDQ layers (and
 matmuls of two quantized activations) rewritten into integer kernels, sparse layers rewritten into BSR kernels, fast vectorizable math for exp/erf/tanh, constant folding (weights are transposed once, at
 compile time), fusion of element-wise epilogues into their producers, dead-code removal, and a
 default schedule for every kernel.
@@ -21,6 +21,7 @@ from .dense_to_bsr import BSROptions, DenseToBSR
 from .qdq_batch_matmul import QDQBatchMatmulToInt8
 from .qdq_layout_fold import QDQLayoutFold
 from .qdq_lut import QDQElementwiseToLUT
+from .qdq_softmax import QDQSoftmaxToInt8
 from .qdq_to_int8 import QDQToInt8
 
 
@@ -50,6 +51,7 @@ def optimization_pipeline(
             QDQLayoutFold(),
             # before QDQToInt8: a chain's table output is the next layer's quantized input
             QDQElementwiseToLUT(vbmi=has_vbmi(target)),
+            QDQSoftmaxToInt8(),
             quantized if quantized is not None else QDQToInt8(vnni=has_vnni(target)),
             *([QDQBatchMatmulToInt8()] if has_vnni(target) else []),
             sparse if sparse is not None else DenseToBSR(BSROptions()),
