@@ -73,7 +73,8 @@ def output_epilogue(
     activation_name: str | None, requantize: Requantize | None, post_bias: PostBias | None = None
 ) -> Callable[..., tirx.PrimExpr]:
     """The dequantized value's last steps: activation, then QuantizeLinear when requantizing,
-    then the post-requantize bias add (`finish(value, second_bias)`)."""
+    then the post-requantize bias add (`finish(value, second_bias)`). `finish(..., dtype="int32")`
+    gives a quantized output as int32 instead of its byte type (for kernels that pack bytes)."""
     act = activation(activation_name)
 
     def quantize(value, params: Requantize):
@@ -81,15 +82,15 @@ def output_epilogue(
         quantized = T.round(value / T.float32(params.scale)) + T.float32(params.zero_point)
         return T.max(T.min(quantized, T.float32(high)), T.float32(low))
 
-    def finish(value, second_bias=None):
+    def finish(value, second_bias=None, dtype=None):
         value = act(value)
         if requantize is None:
             return value
         quantized = quantize(value, requantize)
         if post_bias is None:
-            return T.Cast(requantize.dtype, quantized)
+            return T.Cast(dtype or requantize.dtype, quantized)
         value = (quantized - T.float32(requantize.zero_point)) * T.float32(requantize.scale) + second_bias
-        return T.Cast(post_bias.output.dtype, quantize(value, post_bias.output))
+        return T.Cast(dtype or post_bias.output.dtype, quantize(value, post_bias.output))
 
     return finish
 
