@@ -6,7 +6,10 @@ vpdpbusd lane sums) and x is uint8, repacked as [K/4, M, 4] so that 16 rows of M
 Per stored block and per output channel a of the block, the channel's 4 weights are broadcast to
 all 16 lanes and one vpdpbusd accumulates 16 rows of M; an R x MT tile reuses every activation
 vector R times. Empty block rows cost nothing. The epilogue is the dense kernel's (zero-point
-compensation, scale, bias, activation, optional requantize).
+compensation, scale, bias, activation, optional requantize and post-requantize bias). The
+accumulators hold [channels, rows]: quantized outputs are computed per channel along the rows
+(full vectors) and stored as 32-bit words of 4 channels' bytes per row; float outputs read the
+tile across channels.
 
 Each vpdpbusd reads a fresh 64-byte activation vector (a 1 x 4 block serves one channel), so the
 kernel is bound by where the activations come from, not by vpdpbusd: the block-row groups are
