@@ -18,7 +18,7 @@ from sparsec import models
 from sparsec.schedules.u8_lookup import u8_lookup_kernel
 from sparsec.schedules.u8_regroup import u8_regroup_kernel
 from sparsec.schedules.u8s8_bsr_matmul import Int8BSRShape, pack_int8_bsr, u8s8_bsr_kernel
-from sparsec.schedules.u8s8_matmul import Int8MatmulShape, Requantize, pack_weight, u8s8_matmul_kernel
+from sparsec.schedules.u8s8_matmul import Int8MatmulShape, PostBias, Requantize, pack_weight, u8s8_matmul_kernel
 from sparsec.target import parse_target
 
 RNG = np.random.default_rng(0)
@@ -52,9 +52,10 @@ def test_u8s8_kernel_matches_numpy(vnni, m, k, n):
     np.testing.assert_allclose(buffers[-1].numpy(), np.maximum(exact * (x_scale * w_scale) + bias, 0), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("post_bias", [None, PostBias(Requantize(0.7, -5, "int8"))])
 @pytest.mark.parametrize("block_rows", [1, 4, 16])
 @pytest.mark.parametrize("pattern", ["pruned", "dense", "empty"])
-def test_u8s8_bsr_kernel_matches_numpy(block_rows, pattern):
+def test_u8s8_bsr_kernel_matches_numpy(block_rows, pattern, post_bias):
     m, k, n = 32, 96, 128  # 1-row blocks: 16 groups of 8 in 8 parallel chunks of 2
     keep = RNG.random((n // block_rows, k // 4)) < {"pruned": 0.15, "dense": 1.0, "empty": 0.0}[pattern]
     keep[:2] = False  # empty block rows: bias only
@@ -65,15 +66,21 @@ def test_u8s8_bsr_kernel_matches_numpy(block_rows, pattern):
     bias = RNG.standard_normal(n).astype(np.float32)
     requantize = Requantize(0.5, 3, "uint8")
     data, indices, indptr = pack_int8_bsr(w, block_rows)
-    func = u8s8_bsr_kernel(Int8BSRShape(m, k, n, block_rows, data.shape[0]), None, requantize).with_attr("global_symbol", "main")
+    func = u8s8_bsr_kernel(Int8BSRShape(m, k, n, block_rows, data.shape[0]), None, requantize, post_bias=post_bias)
+    func = func.with_attr("global_symbol", "main")
     lib = tvm.tirx.build(tvm.IRModule({"main": func}), target=parse_target(TARGET).to_tvm())
     grouped = np.ascontiguousarray(x.reshape(m, k // 4, 4).transpose(1, 0, 2))
     compensation = (zero_point * w.astype(np.int32).sum(axis=1)).astype(np.int32)
-    args = [grouped, data, indices, indptr, compensation, (x_scale * w_scale).astype(np.float32), bias, np.zeros((m, n), np.uint8)]
+    bias_after = RNG.standard_normal(n).astype(np.float32)
+    biases = bias if post_bias is None else np.concatenate([bias, bias_after])
+    out = np.zeros((m, n), np.uint8 if post_bias is None else np.int8)
+    args = [grouped, data, indices, indptr, compensation, (x_scale * w_scale).astype(np.float32), biases, out]
     buffers = [tvm.runtime.tensor(a) for a in args]
     lib["main"](*buffers)
     real = ((x.astype(np.int64) - zero_point) @ w.T.astype(np.int64)) * (x_scale * w_scale).astype(np.float32) + bias
     expected = np.clip(np.round(real.astype(np.float32) / np.float32(0.5)) + 3, 0, 255)
+    if post_bias is not None:  # dequantize, add the second bias, quantize to int8
+        expected = np.clip(np.round(((expected - 3) * np.float32(0.5) + bias_after) / np.float32(0.7)) - 5, -128, 127)
     assert np.abs(buffers[-1].numpy().astype(np.int32) - expected).max() <= 1  # float rounding ties
 
 
