@@ -166,11 +166,13 @@ def test_thread_count_is_fixed_per_process(model):
         sparsec.runtime.load(model.path, num_threads=model.num_threads + 1)
 
 
-def test_token_ids_outside_the_embedding_are_rejected(tmp_path):
+def test_token_ids_outside_the_embedding_are_rejected(tmp_path, capfd):
     config = models.EncoderConfig(layers=1, hidden=32, heads=2, ffn=64, vocab=50, max_positions=16)
     source = models.transformer_encoder(config, seq=8)
     onnx.save(source, str(tmp_path / "encoder.onnx"))
     encoder = sparsec.runtime.load(sparsec.compile(tmp_path / "encoder.onnx", tmp_path / "encoder.so", target=TARGET).output)
+    # the gathers clamp their indices: TVM's unchecked "fast" take warned on every compile
+    assert "out-of-bounds" not in capfd.readouterr().err
     assert encoder.inputs[0].value_range == (-50, 50)
     ids = np.arange(8, dtype=np.int64).reshape(1, 8)
     negative = {"input_ids": ids - 50}  # negative ids count from the end, as in ONNX
