@@ -33,6 +33,10 @@ def has_vbmi(target: Target) -> bool:
     return bool(llvm_cpu_has_features(["avx512vbmi"], target))
 
 
+def has_avx512(target: Target) -> bool:
+    return bool(llvm_cpu_has_features(["avx512f"], target))
+
+
 def optimization_pipeline(
     target: Target,
     sparse: DenseToBSR | None = None,
@@ -51,7 +55,7 @@ def optimization_pipeline(
             QDQLayoutFold(),
             # before QDQToInt8: a chain's table output is the next layer's quantized input
             QDQElementwiseToLUT(vbmi=has_vbmi(target)),
-            QDQSoftmaxToInt8(),
+            *([QDQSoftmaxToInt8()] if has_avx512(target) else []),  # its table reads are vgatherdps
             quantized if quantized is not None else QDQToInt8(vnni=has_vnni(target)),
             *([QDQBatchMatmulToInt8()] if has_vnni(target) else []),
             sparse if sparse is not None else DenseToBSR(BSROptions()),

@@ -5,7 +5,8 @@ Pattern (attention's QDQ softmax):
 with per-tensor parameters, static shapes and rows of a multiple of 16. The exponentials of
 the byte differences (qmax - q) are tabulated at compile time (schedules/u8_softmax.py); the
 float input and output rows never exist. Outputs match the QDQ graph within one output step
-(the order of the sum's float adds differs).
+(the order of the sum's float adds differs). AVX-512 targets only (the kernel gathers with
+vgatherdps); elsewhere the float softmax stays.
 """
 
 from __future__ import annotations

@@ -62,3 +62,10 @@ def test_other_softmaxes_stay_float(compile_onnx, shape, axis):
     compiled, result = compile_onnx(model)
     assert _byte_kernels(result) == 0
     _compare(compiled, model)
+
+
+def test_targets_without_avx512_keep_the_float_softmax(compile_onnx):
+    model = _qdq_softmax(TensorProto.UINT8)
+    compiled, result = compile_onnx(model, "haswell", target="llvm -mcpu=haswell")
+    assert _byte_kernels(result) == 0
+    _compare(compiled, model)
