@@ -6,6 +6,7 @@ import numpy as np
 import tvm
 from tvm import relax
 from tvm.ir.expr import Constant  # relax.const(...) builds a GenericConst, a Constant
+from tvm.relax.expr_functor import PyExprMutator
 
 
 class Dataflow:
@@ -58,3 +59,34 @@ def per_tensor_quantization(call: relax.Call, bindings) -> tuple[float, int] | N
     if scale is None or zero_point is None or scale.size != 1 or zero_point.size != 1:
         return None
     return float(scale.reshape(())), int(zero_point.reshape(()))
+
+
+class BindingRewriter(PyExprMutator):
+    """What the graph passes' mutators share (subclass it, decorated with @mutator):
+    `prepare(graph)` sees each Relax function's Dataflow before the function is visited;
+    `rewrite(binding)` returns the expression that replaces a binding's value, or None to keep
+    the binding. The replacement is emitted in the binding's place, as a dataflow variable or a
+    block output like the original."""
+
+    def prepare(self, graph: Dataflow) -> None:
+        pass
+
+    def rewrite(self, binding: relax.VarBinding) -> relax.Expr | None:
+        raise NotImplementedError
+
+    def visit_var_binding_(self, binding) -> None:
+        replacement = self.rewrite(binding)
+        if replacement is None:
+            super().visit_var_binding_(binding)
+            return
+        emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) else self.builder_.emit_output
+        self.set_var_remap(binding.var, emit(replacement))
+
+
+def rewrite_functions(rewriter: BindingRewriter, mod: tvm.IRModule) -> tvm.IRModule:
+    """Run `rewriter` over every Relax function of `mod`, then drop what nothing uses anymore."""
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            rewriter.prepare(Dataflow(func))
+            rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+    return relax.transform.DeadCodeElimination()(rewriter.builder_.get())

@@ -25,16 +25,13 @@ from .qdq_softmax import QDQSoftmaxToInt8
 from .qdq_to_int8 import QDQToInt8
 
 
+def cpu_has(target: Target, feature: str) -> bool:
+    """Whether the target CPU has an LLVM feature (its -mcpu's, or a +feature of -mattr)."""
+    return bool(llvm_cpu_has_features([feature], target))
+
+
 def has_vnni(target: Target) -> bool:
-    return bool(llvm_cpu_has_features(["avx512vnni"], target))
-
-
-def has_vbmi(target: Target) -> bool:
-    return bool(llvm_cpu_has_features(["avx512vbmi"], target))
-
-
-def has_avx512(target: Target) -> bool:
-    return bool(llvm_cpu_has_features(["avx512f"], target))
+    return cpu_has(target, "avx512vnni")
 
 
 def optimization_pipeline(
@@ -54,8 +51,8 @@ def optimization_pipeline(
         [
             QDQLayoutFold(),
             # before QDQToInt8: a chain's table output is the next layer's quantized input
-            QDQElementwiseToLUT(vbmi=has_vbmi(target)),
-            *([QDQSoftmaxToInt8()] if has_avx512(target) else []),  # its table reads are vgatherdps
+            QDQElementwiseToLUT(vbmi=cpu_has(target, "avx512vbmi")),
+            *([QDQSoftmaxToInt8()] if cpu_has(target, "avx512f") else []),  # its table reads are vgatherdps
             quantized if quantized is not None else QDQToInt8(vnni=has_vnni(target)),
             *([QDQBatchMatmulToInt8()] if has_vnni(target) else []),
             sparse if sparse is not None else DenseToBSR(BSROptions()),

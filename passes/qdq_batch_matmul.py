@@ -16,12 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 import tvm
 from tvm import relax
-from tvm.relax.expr_functor import PyExprMutator, mutator
+from tvm.relax.expr_functor import mutator
 
 from sparsec.schedules.u8s8_batch_matmul import Int8BatchMatmulShape, QuantizedOperand, supports_int8_batch_matmul, u8s8_batch_matmul_kernel
-from sparsec.schedules.u8s8_matmul import Requantize
+from sparsec.schedules.u8s8_matmul import Requantize, output_dtype
 
-from .dataflow import Dataflow, constant_array, is_op
+from .dataflow import BindingRewriter, Dataflow, constant_array, is_op, rewrite_functions
 from .qdq_to_int8 import output_quantization, quantized_activations
 
 
@@ -39,12 +39,7 @@ class _BatchMatmul:
 @tvm.transform.module_pass(opt_level=0, name="sparsec.QDQBatchMatmulToInt8")
 class QDQBatchMatmulToInt8:
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rewriter = _Rewriter(mod)
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rewriter.matmuls = _find_matmuls(Dataflow(func))
-                rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
-        return relax.transform.DeadCodeElimination()(rewriter.builder_.get())
+        return rewrite_functions(_Rewriter(mod), mod)
 
 
 def _find_matmuls(graph: Dataflow) -> dict[relax.Var, _BatchMatmul]:
@@ -94,18 +89,19 @@ def _batch_shape(lhs: relax.Expr, rhs: relax.Expr) -> Int8BatchMatmulShape | Non
 
 
 @mutator
-class _Rewriter(PyExprMutator):
+class _Rewriter(BindingRewriter):
     def __init__(self, mod):
         super().__init__(mod)
         self.matmuls: dict[relax.Var, _BatchMatmul] = {}
 
-    def visit_var_binding_(self, binding) -> None:
+    def prepare(self, graph: Dataflow) -> None:
+        self.matmuls = _find_matmuls(graph)
+
+    def rewrite(self, binding) -> relax.Expr | None:
         matmul = self.matmuls.get(binding.var)
         if matmul is None:
-            super().visit_var_binding_(binding)
-            return
+            return None
         shape = matmul.shape
-        emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) else self.builder_.emit_output
         lhs = self.builder_.emit(relax.op.reshape(self.visit_expr(matmul.lhs), (shape.batch, shape.m, shape.k)))
         rank = len(matmul.out_shape)
         rhs_t = relax.op.permute_dims(self.visit_expr(matmul.rhs), [*range(rank - 2), rank - 1, rank - 2])
@@ -113,8 +109,8 @@ class _Rewriter(PyExprMutator):
         func = u8s8_batch_matmul_kernel(shape, matmul.lhs_quantization, matmul.rhs_quantization, matmul.requantize)
         suffix = "_requantize" if matmul.requantize is not None else ""
         kernel = self.builder_.add_func(func, f"u8s8_batch_matmul_vnni{suffix}")
-        dtype = matmul.requantize.dtype if matmul.requantize is not None else "float32"
+        dtype = output_dtype(matmul.requantize, None)
         product = self.builder_.emit(
             relax.call_tir(kernel, relax.Tuple([lhs, rhs_t]), relax.TensorType((shape.batch, shape.m, shape.n), dtype))
         )
-        self.set_var_remap(binding.var, emit(relax.op.reshape(product, matmul.out_shape)))
+        return relax.op.reshape(product, matmul.out_shape)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import tvm
 from tvm import relax
-from tvm.relax.expr_functor import PyExprMutator, mutator
+from tvm.relax.expr_functor import mutator
 
-from .dataflow import Dataflow, bound_value, is_op, per_tensor_quantization
+from .dataflow import BindingRewriter, Dataflow, bound_value, is_op, per_tensor_quantization, rewrite_functions
 
 LAYOUT_OPS = ("relax.reshape", "relax.permute_dims")
 
@@ -23,12 +23,7 @@ LAYOUT_OPS = ("relax.reshape", "relax.permute_dims")
 @tvm.transform.module_pass(opt_level=0, name="sparsec.QDQLayoutFold")
 class QDQLayoutFold:
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rewriter = _Rewriter(mod)
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rewriter.bindings = Dataflow(func).bindings
-                rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
-        return relax.transform.DeadCodeElimination()(rewriter.builder_.get())
+        return rewrite_functions(_Rewriter(mod), mod)
 
 
 def _layout_chain(quantize: relax.Call, bindings) -> tuple[relax.Expr, list[relax.Call]] | None:
@@ -48,20 +43,21 @@ def _layout_chain(quantize: relax.Call, bindings) -> tuple[relax.Expr, list[rela
 
 
 @mutator
-class _Rewriter(PyExprMutator):
+class _Rewriter(BindingRewriter):
     def __init__(self, mod):
         super().__init__(mod)
         self.bindings: dict = {}
 
-    def visit_var_binding_(self, binding) -> None:
+    def prepare(self, graph: Dataflow) -> None:
+        self.bindings = graph.bindings
+
+    def rewrite(self, binding) -> relax.Expr | None:
         chain = _layout_chain(binding.value, self.bindings) if is_op(binding.value, "relax.quantize") else None
         if chain is None:
-            super().visit_var_binding_(binding)
-            return
+            return None
         source, layout = chain
         data = self.visit_expr(source)
         for call in layout[:-1]:
             data = self.builder_.emit(relax.Call(call.op, [data, *call.args[1:]], call.attrs))
-        emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) else self.builder_.emit_output
         last = layout[-1]
-        self.set_var_remap(binding.var, emit(relax.Call(last.op, [data, *last.args[1:]], last.attrs)))
+        return relax.Call(last.op, [data, *last.args[1:]], last.attrs)

@@ -19,11 +19,11 @@ import scipy.special
 import tvm
 import tvm_ffi
 from tvm import relax
-from tvm.relax.expr_functor import PyExprMutator, mutator
+from tvm.relax.expr_functor import mutator
 
 from sparsec.schedules.u8_lookup import u8_lookup_kernel
 
-from .dataflow import Dataflow, bound_value, constant_array, is_op, per_tensor_quantization
+from .dataflow import BindingRewriter, Dataflow, bound_value, constant_array, is_op, per_tensor_quantization, rewrite_functions
 
 Lifted = Callable[[np.ndarray], np.ndarray]  # the chain so far, as a function of q's 256 values (float32)
 
@@ -50,12 +50,7 @@ class QDQElementwiseToLUT:
         self.vbmi = vbmi
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rewriter = _Rewriter(mod, self.vbmi)
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rewriter.bindings = Dataflow(func).bindings
-                rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
-        return relax.transform.DeadCodeElimination()(rewriter.builder_.get())
+        return rewrite_functions(_Rewriter(mod, self.vbmi), mod)
 
 
 def _scalar(expr: relax.Expr, bindings) -> float | None:
@@ -156,17 +151,19 @@ class _Chain:
 
 
 @mutator
-class _Rewriter(PyExprMutator):
+class _Rewriter(BindingRewriter):
     def __init__(self, mod, vbmi: bool):
         super().__init__(mod)
         self.vbmi = vbmi
         self.bindings: dict = {}
 
-    def visit_var_binding_(self, binding) -> None:
+    def prepare(self, graph: Dataflow) -> None:
+        self.bindings = graph.bindings
+
+    def rewrite(self, binding) -> relax.Expr | None:
         table = self._table(binding.value)
         if table is None:
-            super().visit_var_binding_(binding)
-            return
+            return None
         source, values = table
         shape = [int(d) for d in source.ty.shape.values]
         size, in_dtype, out_dtype = int(np.prod(shape)), str(source.ty.dtype), str(values.dtype)
@@ -175,8 +172,7 @@ class _Rewriter(PyExprMutator):
         looked_up = self.builder_.emit(
             relax.call_tir(kernel, relax.Tuple([flat, relax.const(values.astype(np.int32))]), relax.TensorType((size,), out_dtype))
         )
-        emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) else self.builder_.emit_output
-        self.set_var_remap(binding.var, emit(relax.op.reshape(looked_up, shape)))
+        return relax.op.reshape(looked_up, shape)
 
     def _table(self, value: relax.Expr) -> tuple[relax.Var, np.ndarray] | None:
         """(source q, the 256 output bytes indexed by q's byte, offset by 128 for int8) for a

@@ -14,23 +14,18 @@ from __future__ import annotations
 import numpy as np
 import tvm
 from tvm import relax
-from tvm.relax.expr_functor import PyExprMutator, mutator
+from tvm.relax.expr_functor import mutator
 
 from sparsec.schedules.u8_softmax import LANES, u8_softmax_kernel
 
-from .dataflow import Dataflow, bound_value, is_op, per_tensor_quantization
+from .dataflow import BindingRewriter, Dataflow, bound_value, is_op, per_tensor_quantization, rewrite_functions
 from .qdq_to_int8 import output_quantization
 
 
 @tvm.transform.module_pass(opt_level=0, name="sparsec.QDQSoftmaxToInt8")
 class QDQSoftmaxToInt8:
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rewriter = _Rewriter(mod)
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rewriter.bindings = Dataflow(func).bindings
-                rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
-        return relax.transform.DeadCodeElimination()(rewriter.builder_.get())
+        return rewrite_functions(_Rewriter(mod), mod)
 
 
 def _quantized_softmax(quantize: relax.Call, bindings):
@@ -55,16 +50,18 @@ def _quantized_softmax(quantize: relax.Call, bindings):
 
 
 @mutator
-class _Rewriter(PyExprMutator):
+class _Rewriter(BindingRewriter):
     def __init__(self, mod):
         super().__init__(mod)
         self.bindings: dict = {}
 
-    def visit_var_binding_(self, binding) -> None:
+    def prepare(self, graph: Dataflow) -> None:
+        self.bindings = graph.bindings
+
+    def rewrite(self, binding) -> relax.Expr | None:
         found = _quantized_softmax(binding.value, self.bindings) if is_op(binding.value, "relax.quantize") else None
         if found is None:
-            super().visit_var_binding_(binding)
-            return
+            return None
         source, exp_table, output = found
         shape = [int(d) for d in source.ty.shape.values]
         length = shape[-1]
@@ -74,5 +71,4 @@ class _Rewriter(PyExprMutator):
         result = self.builder_.emit(
             relax.call_tir(kernel, relax.Tuple([flat, relax.const(exp_table)]), relax.TensorType((rows, length), output.dtype))
         )
-        emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) else self.builder_.emit_output
-        self.set_var_remap(binding.var, emit(relax.op.reshape(result, shape)))
+        return relax.op.reshape(result, shape)

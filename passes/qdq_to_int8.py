@@ -21,14 +21,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 import tvm
 from tvm import relax
-from tvm.relax.expr_functor import PyExprMutator, mutator
+from tvm.relax.expr_functor import mutator
 
 from sparsec.schedules.u8_regroup import u8_regroup_kernel
 from sparsec.schedules.u8s8_bsr_matmul import Int8BSRShape, pack_int8_bsr, supports_int8_bsr, u8s8_bsr_kernel
 from sparsec.schedules.u8s8_matmul import GROUP, Int8MatmulShape, PostBias, Requantize, output_dtype, pack_weight, u8s8_matmul_kernel
 
 from .block_sparsity import Int8LayerPlan, plan_int8_layer
-from .dataflow import Dataflow, bound_value, constant_array, is_op, other_operand, per_tensor_quantization
+from .dataflow import BindingRewriter, Dataflow, bound_value, constant_array, is_op, other_operand, per_tensor_quantization, rewrite_functions
 from .im2col import ConvGeometry, conv_geometry, from_rows, im2col
 
 
@@ -68,12 +68,7 @@ class QDQToInt8:
         self.decisions: list[Int8LayerDecision] = []
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rewriter = _Rewriter(mod, self.vnni, self.sparsity_threshold, self.decisions)
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rewriter.chains = _find_chains(Dataflow(func))
-                rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
-        return relax.transform.DeadCodeElimination()(rewriter.builder_.get())
+        return rewrite_functions(_Rewriter(mod, self.vnni, self.sparsity_threshold, self.decisions), mod)
 
 
 def _find_chains(graph: Dataflow) -> dict[relax.Var, _QuantizedChain]:
@@ -209,7 +204,7 @@ def _bias(expr: relax.Expr | None, n: int, bindings) -> np.ndarray | None:
 
 
 @mutator
-class _Rewriter(PyExprMutator):
+class _Rewriter(BindingRewriter):
     def __init__(self, mod, vnni: bool, sparsity_threshold: float | None, decisions: list[Int8LayerDecision]):
         super().__init__(mod)
         self.vnni = vnni
@@ -225,16 +220,16 @@ class _Rewriter(PyExprMutator):
         self._rows, self._regrouped_rows = {}, {}  # a block's dataflow vars do not outlive it
         return super().visit_dataflow_block_(block)
 
-    def visit_var_binding_(self, binding) -> None:
+    def prepare(self, graph: Dataflow) -> None:
+        self.chains = _find_chains(graph)
+
+    def rewrite(self, binding) -> relax.Expr | None:
         chain = self.chains.get(binding.var)
         if chain is None:
-            super().visit_var_binding_(binding)
-            return
-        emit = self.builder_.emit if isinstance(binding.var, relax.DataflowVar) else self.builder_.emit_output
+            return None
         out = self._int8_layer(chain)
         n = chain.weight_nk.shape[0]
-        out = relax.op.reshape(out, chain.out_shape) if chain.conv is None else from_rows(self.builder_, out, chain.conv, n)
-        self.set_var_remap(binding.var, emit(out))
+        return relax.op.reshape(out, chain.out_shape) if chain.conv is None else from_rows(self.builder_, out, chain.conv, n)
 
     def _unsigned_activations(self, chain: _QuantizedChain) -> tuple[relax.Expr, int]:
         """The activations as uint8, and their zero point: s8 -> u8 is x + 128, zero point + 128."""
