@@ -22,7 +22,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from .apply import mark_scheduled
-from .u8s8_matmul import GROUP, LANES, MAX_ACCUMULATORS, Requantize, output_epilogue
+from .u8s8_matmul import GROUP, LANES, MAX_ACCUMULATORS, Requantize, output_dtype, output_epilogue, vpdpbusd
 
 ROW_SUM_LANES = 16  # bytes of a row summed per widening add
 FLIP = 0x80808080  # x ^ 0x80 in each byte of a word: uint8 <-> int8 with an offset of 128
@@ -71,14 +71,9 @@ def u8s8_batch_matmul_kernel(
     za = a.zero_point + a_offset  # of a as uint8
     zb = b.zero_point - (128 if b.dtype == "uint8" else 0)  # of b as int8
     scale = a.scale * b.scale
-    out_dtype = requantize.dtype if requantize is not None else "float32"
+    out_dtype = output_dtype(requantize, None)
     finish = output_epilogue(None, requantize)
     ones = 0x01010101  # four int8 (or uint8) ones
-
-    def vnni(acc, unsigned, signed):
-        return T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), acc, unsigned, signed, dtype="int32x16"
-        )
 
     def words_as_bytes(words):
         return T.reinterpret(words, dtype="int8x64")
@@ -108,7 +103,7 @@ def u8s8_batch_matmul_kernel(
                     for lane in T.vectorized(LANES):
                         acc[0, lane] = 0
                     for kg in T.serial(KG):
-                        acc[0, T.ramp(0, 1, LANES)] = vnni(
+                        acc[0, T.ramp(0, 1, LANES)] = vpdpbusd(
                             acc.vload([0, 0], "int32x16"), words_as_bytes(T.broadcast(T.uint32(ones), LANES)), words_as_bytes(packed.vload([nb, kg, 0], "uint32x16"))
                         )
                     for lane in T.vectorized(LANES):
@@ -130,7 +125,7 @@ def u8s8_batch_matmul_kernel(
                         for kg in T.serial(KG):
                             for r in T.unroll(MR):
                                 for blk in T.unroll(NR):
-                                    acc[r, T.ramp(blk * LANES, 1, LANES)] = vnni(
+                                    acc[r, T.ramp(blk * LANES, 1, LANES)] = vpdpbusd(
                                         acc.vload([r, blk * LANES], "int32x16"),
                                         words_as_bytes(T.broadcast(lhs_words[h, mo * MR + r, kg] ^ T.uint32(flip_a), LANES)),
                                         words_as_bytes(packed.vload([nbo * NR + blk, kg, 0], "uint32x16")),

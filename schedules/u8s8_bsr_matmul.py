@@ -31,7 +31,7 @@ from tvm.script import tirx as T
 
 from .apply import mark_scheduled
 from .tunable import TunableFamily, divisors_among, tag
-from .u8s8_matmul import GROUP, LANES, MAX_ACCUMULATORS, PostBias, Requantize, epilogue_from_workload, epilogue_workload, output_dtype, output_epilogue
+from .u8s8_matmul import GROUP, LANES, MAX_ACCUMULATORS, PostBias, Requantize, channel_output, epilogue_from_workload, epilogue_workload, output_dtype, output_epilogue, vpdpbusd
 
 ROWS_PER_VECTOR = LANES  # rows of M per vpdpbusd
 DEFAULT_CHUNKS = 8  # parallel chunks of block-row groups: enough to balance up to 8 threads
@@ -117,12 +117,10 @@ def u8s8_bsr_kernel(
                         for j in T.serial(indptr[nbo * G + g + 1] - indptr[nbo * G + g]):
                             for a in T.unroll(R):
                                 for v in T.unroll(vectors):
-                                    acc[g * R + a, T.ramp(v * LANES, 1, LANES)] = T.call_llvm_pure_intrin(
-                                        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                                    acc[g * R + a, T.ramp(v * LANES, 1, LANES)] = vpdpbusd(
                                         acc.vload([g * R + a, v * LANES], "int32x16"),
                                         T.reinterpret(x.vload([indices[indptr[nbo * G + g] + j], mo * MT + v * LANES, 0], "uint8x64"), dtype="int8x64"),
                                         T.reinterpret(T.broadcast(T.reinterpret(data.vload([indptr[nbo * G + g] + j, a, 0], "int8x4"), dtype="int32"), LANES), dtype="int8x64"),
-                                        dtype="int32x16",
                                     )
                     if packed_bytes:
                         out_words = T.decl_buffer((M, N // BYTES_PER_WORD), "int32", data=out.data)
@@ -130,20 +128,22 @@ def u8s8_bsr_kernel(
                             for v in T.unroll(vectors):
                                 for b in T.vectorized(LANES):
                                     out_words[mo * MT + v * LANES + b, nbo * (C // BYTES_PER_WORD) + word] = packed_word(
-                                        lambda j: finish(
-                                            T.Cast("float32", acc[word * BYTES_PER_WORD + j, v * LANES + b] - compensation[nbo * C + word * BYTES_PER_WORD + j])
-                                            * scale[nbo * C + word * BYTES_PER_WORD + j]
-                                            + bias[nbo * C + word * BYTES_PER_WORD + j],
-                                            bias[(bias_stages - 1) * N + nbo * C + word * BYTES_PER_WORD + j],
+                                        lambda j: channel_output(
+                                            finish,
+                                            acc[word * BYTES_PER_WORD + j, v * LANES + b],
+                                            nbo * C + word * BYTES_PER_WORD + j,
+                                            compensation,
+                                            scale,
+                                            bias,
+                                            (bias_stages - 1) * N,
                                             "int32",
                                         )
                                     )
                     else:
                         for b in T.unroll(MT):
                             for c in T.vectorized(C):  # channels are contiguous in out
-                                out[mo * MT + b, nbo * C + c] = finish(
-                                    T.Cast("float32", acc[c, b] - compensation[nbo * C + c]) * scale[nbo * C + c] + bias[nbo * C + c],
-                                    bias[(bias_stages - 1) * N + nbo * C + c],
+                                out[mo * MT + b, nbo * C + c] = channel_output(
+                                    finish, acc[c, b], nbo * C + c, compensation, scale, bias, (bias_stages - 1) * N
                                 )
 
     workload = {"shape": asdict(shape), **epilogue_workload(activation_name, requantize, post_bias)}

@@ -31,6 +31,15 @@ BLOCK_TILE_CANDIDATES = (2, 1)  # measured: 2 helps M=1 and the generic path; mo
 MAX_ACCUMULATORS = 16  # of the 32 zmm registers; the rest hold weights and broadcasts
 
 
+def vpdpbusd(acc, unsigned_bytes, signed_bytes):
+    """acc (int32x16) plus, per lane, the dot product of 4 unsigned by 4 signed bytes. LLVM 22's
+    intrinsic takes both byte operands as <64 x i8> (TVM's registered tensor intrinsic uses the
+    old signature and fails verification)."""
+    return T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), acc, unsigned_bytes, signed_bytes, dtype="int32x16"
+    )
+
+
 @dataclass(frozen=True)
 class Requantize:
     """Quantize the output for the next integer layer instead of writing floats:
@@ -93,6 +102,13 @@ def output_epilogue(
         return T.Cast(dtype or post_bias.output.dtype, quantize(value, post_bias.output))
 
     return finish
+
+
+def channel_output(finish, acc_value, channel, compensation, scale, bias, post_bias_offset: int, dtype=None):
+    """`finish` of one output channel's int32 sum: zero-point compensation, scale and bias first;
+    the post-requantize bias sits `post_bias_offset` on in the bias buffer."""
+    value = T.Cast("float32", acc_value - compensation[channel]) * scale[channel] + bias[channel]
+    return finish(value, bias[post_bias_offset + channel], dtype)
 
 
 def epilogue_workload(activation_name: str | None, requantize: Requantize | None, post_bias: PostBias | None) -> dict:
@@ -194,13 +210,10 @@ def u8s8_matmul_kernel(
                         for kg in T.serial(KG):
                             for r in T.unroll(MR):
                                 for b in T.unroll(NR):
-                                    acc[r, T.ramp(b * LANES, 1, LANES)] = T.call_llvm_pure_intrin(
-                                        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                                    acc[r, T.ramp(b * LANES, 1, LANES)] = vpdpbusd(
                                         acc.vload([r, b * LANES], "int32x16"),
-                                        # LLVM 22's signature takes both byte operands as <64 x i8>
                                         T.reinterpret(T.broadcast(T.reinterpret(x.vload([mo * MR + r, kg * GROUP], "uint8x4"), dtype="int32"), LANES), dtype="int8x64"),
                                         w.vload([nbo * NR + b, kg, 0, 0], "int8x64"),
-                                        dtype="int32x16",
                                     )
                     else:
                         for kk in T.serial(K):
@@ -210,10 +223,8 @@ def u8s8_matmul_kernel(
                     for r in T.unroll(MR):
                         for lane in T.vectorized(NR * LANES):
                             if not ragged_n or channel(nbo, lane) < N:
-                                out[mo * MR + r, channel(nbo, lane)] = finish(
-                                    T.Cast("float32", acc[r, lane] - compensation[channel(nbo, lane)]) * scale[channel(nbo, lane)]
-                                    + bias[channel(nbo, lane)],
-                                    bias[(bias_stages - 1) * shape.padded_n + channel(nbo, lane)],
+                                out[mo * MR + r, channel(nbo, lane)] = channel_output(
+                                    finish, acc[r, lane], channel(nbo, lane), compensation, scale, bias, (bias_stages - 1) * shape.padded_n
                                 )
 
     family = "U8S8MatmulVNNI" if vnni else "U8S8Matmul"
