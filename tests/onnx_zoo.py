@@ -68,3 +68,26 @@ def light_model_opset13(name: str, seed: int = 0) -> onnx.ModelProto:
     model.graph.input.extend(inputs)
     model.ir_version = 7
     return model
+
+
+def onnxruntime_quantized_encoder(directory: Path, config, seq: int = 16) -> onnx.ModelProto:
+    """A BERT-shaped encoder built by sparsec.models, quantized to QDQ by onnxruntime.quantization
+    (4 calibration samples)."""
+    from sparsec import models
+
+    source, quantized = directory / "fp32.onnx", directory / "qdq.onnx"
+    onnx.save(models.transformer_encoder(config, seq=seq, batch=1), str(source))
+    models.quantize_qdq(source, quantized, 4)
+    return onnx.load(str(quantized))
+
+
+def reference_outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """onnx's ReferenceEvaluator on a copy of `model` at opset >= 21 (its QDQ ops per the current
+    spec)."""
+    from onnx.reference import ReferenceEvaluator
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            opset.version = max(opset.version, 21)
+    return ReferenceEvaluator(model).run(None, feeds)

@@ -6,10 +6,10 @@ float path kept where the target has no VNNI or the shapes do not fit."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 import tvm
 from conftest import random_feeds
+from onnx_zoo import onnxruntime_quantized_encoder, reference_outputs
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from test_int8 import _build
@@ -109,15 +109,10 @@ def test_without_vnni_or_with_unfit_shapes_the_product_stays_float(compile_onnx)
 def test_encoder_quantized_by_onnxruntime_runs_its_attention_on_integers(compile_onnx, tmp_path):
     """QK^T and PV of every layer of a BERT-shaped encoder (onnxruntime.quantization's QDQ) run on
     the integer kernel, and the model still follows the QDQ spec."""
-    source, quantized = tmp_path / "fp32.onnx", tmp_path / "qdq.onnx"
     config = models.EncoderConfig(layers=2, hidden=64, heads=2, ffn=128, vocab=50, max_positions=32)
-    onnx.save(models.transformer_encoder(config, seq=16, batch=1), str(source))
-    models.quantize_qdq(source, quantized, 4)
-    model = onnx.load(str(quantized))
+    model = onnxruntime_quantized_encoder(tmp_path, config)
     compiled, result = compile_onnx(model)
     assert _batch_kernels(result) == 2 * config.layers
     feeds = random_feeds(compiled, vocab=config.vocab)
-    for opset in model.opset_import:
-        opset.version = max(opset.version, 21) if opset.domain in ("", "ai.onnx") else opset.version
-    reference = ReferenceEvaluator(model).run(None, feeds)[0]
+    reference = reference_outputs(model, feeds)[0]
     assert np.abs(compiled.run(None, feeds)[0] - reference).max() <= 1e-3 * np.abs(reference).max()

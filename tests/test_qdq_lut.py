@@ -13,7 +13,7 @@ import pytest
 from conftest import random_feeds
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
-from onnx_zoo import onnxruntime_outputs
+from onnx_zoo import onnxruntime_outputs, onnxruntime_quantized_encoder, reference_outputs
 
 from sparsec import models
 
@@ -138,16 +138,11 @@ def test_a_chain_that_is_not_a_function_of_one_byte_keeps_its_bias_or_sum(compil
 def test_quantized_encoder_uses_tables_and_matches_the_reference(compile_onnx, tmp_path):
     """A BERT-shaped encoder quantized by onnxruntime.quantization: its GELU and the attention
     scaling become tables, and the whole model still follows the QDQ spec."""
-    source, quantized = tmp_path / "fp32.onnx", tmp_path / "qdq.onnx"
     config = models.EncoderConfig(layers=1, hidden=64, heads=2, ffn=128, vocab=50, max_positions=32)
-    onnx.save(models.transformer_encoder(config, seq=16, batch=1), str(source))
-    models.quantize_qdq(source, quantized, 4)
-    model = onnx.load(str(quantized))
+    model = onnxruntime_quantized_encoder(tmp_path, config)
     compiled, result = compile_onnx(model)
     assert _lookup_kernels(result) >= 2  # the GELU and the 1/sqrt(d) scaling of QK^T
     feeds = random_feeds(compiled, vocab=config.vocab)
-    for opset in model.opset_import:
-        opset.version = max(opset.version, 21) if opset.domain in ("", "ai.onnx") else opset.version
-    reference = ReferenceEvaluator(model).run(None, feeds)[0]
+    reference = reference_outputs(model, feeds)[0]
     ours = compiled.run(None, feeds)[0]
     assert np.abs(ours - reference).max() <= 1e-3 * np.abs(reference).max()
