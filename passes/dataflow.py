@@ -31,6 +31,14 @@ class Dataflow:
         return user if user is not None and is_op(self.bindings[user], op_name) else None
 
 
+def call_tir_sites(mod: tvm.IRModule):
+    """Every call_tir of the module's Relax functions, in order."""
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            for block in func.body.blocks:
+                yield from (b.value for b in block.bindings if is_op(b.value, "relax.call_tir"))
+
+
 def is_op(value: relax.Expr, name: str) -> bool:
     return isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == name
 

@@ -18,11 +18,13 @@ from tvm.target.codegen import llvm_cpu_has_features
 from sparsec.schedules import default_schedule_pass
 
 from .dense_to_bsr import BSROptions, DenseToBSR
+from .mark_constant_params import MarkConstantParams
 from .qdq_batch_matmul import QDQBatchMatmulToInt8
 from .qdq_layout_fold import QDQLayoutFold
 from .qdq_lut import QDQElementwiseToLUT
 from .qdq_softmax import QDQSoftmaxToInt8
 from .qdq_to_int8 import QDQToInt8
+from .repack_constants import RepackConstants
 
 
 def cpu_has(target: Target, feature: str) -> bool:
@@ -46,7 +48,14 @@ def optimization_pipeline(
     tuning log's records, before the default schedules. `schedule=False` stops before any
     scheduling (what `sparsec tune` extracts its tasks from)."""
     scheduling = [tuned] if tuned is not None else []
-    scheduling += [default_schedule_pass(target)] if schedule else []
+    if schedule:
+        scheduling = [
+            # marks the parameters bound to constants: a schedule may repack them (f32_matmul)
+            MarkConstantParams(),
+            *scheduling,
+            default_schedule_pass(target),
+            RepackConstants(),
+        ]
     return tvm.transform.Sequential(
         [
             QDQLayoutFold(),

@@ -49,6 +49,23 @@ def test_dense_with_bias_relu(m, k, n):
     assert list(rules.values()) == ["F32Matmul"]
 
 
+def test_constant_weight_is_repacked_into_panels_at_compile_time():
+    """The weight reaches the kernel as [N / NR, K, NR] panels, computed while compiling: no
+    repacking function is left in the module and the outputs do not change."""
+    x, w, b = _rand(64, 96), _rand(96, 128), _rand(128)
+    mod = _build({"x": x, "w": w, "b": b}, lambda x, w, b: relax.op.add(relax.op.matmul(x, w), b))
+    with TARGET:
+        mod = optimization_pipeline(TARGET)(mod)
+    kernels = {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+    assert len(kernels) == 1, list(kernels)
+    (name, kernel), = kernels.items()
+    assert name.endswith("_prepacked") and str(kernel.attrs[SCHEDULE_RULE_ATTR]) == "F32Matmul"
+    panels, k, panel_width = (int(d) for d in kernel.params[1].shape)
+    assert (k, panels * panel_width) == (96, 128) and panels > 1
+    vm = relax.VirtualMachine(tvm.compile(mod, TARGET), tvm.cpu())
+    np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), x @ w + b, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize(("batch", "m", "k", "n"), [(12, 128, 64, 128), (3, 9, 7, 20)])
 def test_batched_matmul_with_scale(batch, m, k, n):
     a, b = _rand(1, batch, m, k), _rand(1, batch, k, n)
@@ -56,6 +73,7 @@ def test_batched_matmul_with_scale(batch, m, k, n):
     out, rules = _compile_and_run(mod, [a, b])
     np.testing.assert_allclose(out, (a @ b) * 0.125, rtol=1e-4, atol=1e-4)
     assert list(rules.values()) == ["F32Matmul"]
+    assert not any(name.endswith("_prepacked") for name in rules)  # activations are not repacked
 
 
 @pytest.mark.parametrize(

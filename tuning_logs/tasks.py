@@ -14,7 +14,8 @@ from tvm import relax, s_tir, tirx
 from tvm.ir.expr import Constant
 from tvm.target import Target
 
-from sparsec.schedules.f32_matmul import F32Matmul
+from sparsec.passes.dataflow import call_tir_sites
+from sparsec.schedules.f32_matmul import LAYOUT_FREE_ATTR, F32Matmul
 from sparsec.schedules.tunable import families, tagged_task
 
 from .records import TaskKey
@@ -45,7 +46,8 @@ def rule_task_key(func: tirx.PrimFunc) -> TaskKey:
     """A schedule-rule task is keyed by the function's structure (shapes, dtypes, the fused
     epilogue), not by its name, so the same layer in another model finds it."""
     buffers = [[[int(d) for d in p.shape], str(p.dtype)] for p in func.params]
-    workload = {"buffers": buffers, "structure": f"{tvm_ffi.structural_hash(func.without_attr('global_symbol')) & (2**64 - 1):016x}"}
+    structure = func.without_attr("global_symbol").without_attr(LAYOUT_FREE_ATTR)  # set only when compiling
+    workload = {"buffers": buffers, "structure": f"{tvm_ffi.structural_hash(structure) & (2**64 - 1):016x}"}
     return TaskKey(MATMUL_RULE.family, json.dumps(workload, sort_keys=True))
 
 
@@ -62,7 +64,7 @@ def task_key_of(func: tirx.PrimFunc, target: Target) -> TaskKey | None:
 def extract_tasks(mod: tvm.IRModule, target: Target) -> list[Task]:
     """Distinct tunable kernels of an optimized, not yet default-scheduled module, in call order."""
     tasks: dict[TaskKey, Task] = {}
-    for call in _call_tir_sites(mod):
+    for call in call_tir_sites(mod):
         gvar = call.args[0]
         func = mod[gvar]
         key = task_key_of(func, target)
@@ -75,17 +77,6 @@ def extract_tasks(mod: tvm.IRModule, target: Target) -> list[Task]:
         default_knobs = tagged[2] if tagged else MATMUL_RULE.default_knobs(func, target)
         tasks[key] = Task(key, gvar.name_hint, func, default_knobs, [_input_of(arg) for arg in call.args[1].fields])
     return list(tasks.values())
-
-
-def _call_tir_sites(mod: tvm.IRModule):
-    for _, func in mod.functions_items():
-        if not isinstance(func, relax.Function):
-            continue
-        for block in func.body.blocks:
-            for binding in block.bindings:
-                value = binding.value
-                if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == "relax.call_tir":
-                    yield value
 
 
 def _input_of(arg: relax.Expr):
