@@ -180,6 +180,19 @@ def test_pruned_transformer_encoder_matches_onnxruntime(compile_onnx):
     assert_close_relative(compiled.run(None, feeds)[0], onnxruntime_outputs(model, feeds)[0])
 
 
+def test_sparse_and_repacked_dense_layers_in_one_model(compile_onnx):
+    """A pruned layer (BSR kernel) beside a dense one whose weight is repacked at compile time."""
+    dense = models.mlp((128, 256, 64), batch=16)
+    model = models.prune(dense, 0.9, (4, 1))
+    kept = next(i for i in dense.graph.initializer if i.name == "fc1.weight")
+    next(i for i in model.graph.initializer if i.name == "fc1.weight").CopyFrom(kept)
+    compiled, result = compile_onnx(model, "half_pruned")
+    assert [d.plan.sparse for d in result.layers] == [True, False]
+    assert any(name.endswith("_prepacked") for name in result.schedules), result.schedules
+    feeds = random_feeds(compiled)
+    assert_close_relative(compiled.run(None, feeds)[0], onnxruntime_outputs(model, feeds)[0])
+
+
 def _pointwise_conv_block(channels: int, hidden: int, size: int, batch: int) -> onnx.ModelProto:
     """x -> Conv1x1 + bias -> Relu -> Conv1x1 + bias -> + x, as a MobileNet/ResNet block exports."""
     def init(name, shape):
