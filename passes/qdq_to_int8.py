@@ -23,7 +23,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import mutator
 
-from sparsec.schedules.u8_regroup import u8_regroup_kernel
+from sparsec.schedules.u8_regroup import regrouped_shape, u8_regroup_kernel
 from sparsec.schedules.u8s8_bsr_matmul import Int8BSRShape, pack_int8_bsr, supports_int8_bsr, u8s8_bsr_kernel
 from sparsec.schedules.u8s8_matmul import GROUP, Int8MatmulShape, PostBias, Requantize, output_dtype, pack_weight, u8s8_matmul_kernel
 
@@ -253,11 +253,11 @@ class _Rewriter(BindingRewriter):
         return self._rows[key]
 
     def _regrouped(self, rows: relax.Var) -> relax.Var:
-        """[M, K] -> [K/4, M, 4], what the BSR kernels read (schedules/u8_regroup.py)."""
+        """[M, K] -> [M/T, K/4, T, 4], what the BSR kernels read (schedules/u8_regroup.py)."""
         if rows not in self._regrouped_rows:
             m, k = (int(d) for d in rows.ty.shape.values)
             kernel = self.builder_.add_func(u8_regroup_kernel(m, k), "u8_regroup")
-            out_type = relax.TensorType((k // GROUP, m, GROUP), "uint8")
+            out_type = relax.TensorType(regrouped_shape(m, k), "uint8")
             self._regrouped_rows[rows] = self.builder_.emit(relax.call_tir(kernel, relax.Tuple([rows]), out_type))
         return self._regrouped_rows[rows]
 

@@ -16,7 +16,7 @@ from onnx_zoo import onnxruntime_outputs
 
 from sparsec import models
 from sparsec.schedules.u8_lookup import u8_lookup_kernel
-from sparsec.schedules.u8_regroup import u8_regroup_kernel
+from sparsec.schedules.u8_regroup import regrouped_shape, regrouped_tile_rows, u8_regroup_kernel
 from sparsec.schedules.u8s8_bsr_matmul import Int8BSRShape, pack_int8_bsr, u8s8_bsr_kernel
 from sparsec.schedules.u8s8_matmul import Int8MatmulShape, PostBias, Requantize, pack_weight, u8s8_matmul_kernel
 from sparsec.target import parse_target
@@ -56,7 +56,7 @@ def test_u8s8_kernel_matches_numpy(vnni, m, k, n):
 @pytest.mark.parametrize("block_rows", [1, 4, 16])
 @pytest.mark.parametrize("pattern", ["pruned", "dense", "empty"])
 def test_u8s8_bsr_kernel_matches_numpy(block_rows, pattern, post_bias):
-    m, k, n = 32, 96, 128  # 1-row blocks: 16 groups of 8 in 8 parallel chunks of 2
+    m, k, n = 64, 96, 128  # 2 tiles of 32 regrouped rows; 1-row blocks: 16 groups of 8 in 8 parallel chunks of 2
     keep = RNG.random((n // block_rows, k // 4)) < {"pruned": 0.15, "dense": 1.0, "empty": 0.0}[pattern]
     keep[:2] = False  # empty block rows: bias only
     w = RNG.integers(-128, 128, (n, k)) * np.repeat(np.repeat(keep, block_rows, 0), 4, 1)
@@ -69,7 +69,7 @@ def test_u8s8_bsr_kernel_matches_numpy(block_rows, pattern, post_bias):
     func = u8s8_bsr_kernel(Int8BSRShape(m, k, n, block_rows, data.shape[0]), None, requantize, post_bias=post_bias)
     func = func.with_attr("global_symbol", "main")
     lib = tvm.tirx.build(tvm.IRModule({"main": func}), target=parse_target(TARGET).to_tvm())
-    grouped = np.ascontiguousarray(x.reshape(m, k // 4, 4).transpose(1, 0, 2))
+    grouped = _regrouped(x)
     compensation = (zero_point * w.astype(np.int32).sum(axis=1)).astype(np.int32)
     bias_after = RNG.standard_normal(n).astype(np.float32)
     biases = bias if post_bias is None else np.concatenate([bias, bias_after])
@@ -88,12 +88,19 @@ def _build(func):
     return tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=parse_target(TARGET).to_tvm())
 
 
-@pytest.mark.parametrize(("m", "k"), [(16, 4), (48, 96)])
+def _regrouped(x: np.ndarray) -> np.ndarray:
+    """[M, K] as [M/T, K/4, T, 4]: the rows of each T-row tile, 4 bytes of K at a time."""
+    m, k = x.shape
+    tile = regrouped_tile_rows(m)
+    return np.ascontiguousarray(x.reshape(m // tile, tile, k // 4, 4).transpose(0, 2, 1, 3))
+
+
+@pytest.mark.parametrize(("m", "k"), [(16, 4), (48, 96), (64, 12)])
 def test_regroup_kernel_matches_numpy(m, k):
     x = RNG.integers(0, 256, (m, k)).astype(np.uint8)
-    buffers = [tvm.runtime.tensor(x), tvm.runtime.tensor(np.zeros((k // 4, m, 4), np.uint8))]
+    buffers = [tvm.runtime.tensor(x), tvm.runtime.tensor(np.zeros(regrouped_shape(m, k), np.uint8))]
     _build(u8_regroup_kernel(m, k))["main"](*buffers)
-    np.testing.assert_array_equal(buffers[1].numpy(), x.reshape(m, k // 4, 4).transpose(1, 0, 2))
+    np.testing.assert_array_equal(buffers[1].numpy(), _regrouped(x))
 
 
 @pytest.mark.parametrize("vbmi", [False, pytest.param(True, marks=needs_host_feature("avx512vbmi"))])
