@@ -8,7 +8,7 @@ all 16 lanes and one vpdpbusd accumulates 16 rows of M; an R x MT tile reuses ev
 vector R times. Empty block rows cost nothing. The epilogue is the dense kernel's (zero-point
 compensation, scale, bias, activation, optional requantize and post-requantize bias). The
 accumulators hold [channels, rows]: quantized outputs are computed per channel along the rows
-(full vectors) and stored as 32-bit words of 4 channels' bytes per row; float outputs read the
+(full vectors) and stored as 64-bit words of 8 channels' bytes per row; float outputs read the
 tile across channels.
 
 Each vpdpbusd reads a fresh 64-byte activation vector (a 1 x 4 block serves one channel), so the
@@ -90,9 +90,12 @@ def u8s8_bsr_kernel(
     finish = output_epilogue(activation_name, requantize, post_bias)
     bias_stages = 2 if post_bias is not None else 1
     # bytes out: each channel's 16 rows are quantized in full-width vectors straight from the
-    # accumulators, and 4 channels' bytes packed into the 32-bit words of out's rows (reading
-    # the tile across channels instead transposed it element by element: ~1/3 of the kernel)
-    packed_bytes = requantize is not None and C % BYTES_PER_WORD == 0 and N % BYTES_PER_WORD == 0
+    # accumulators, and 8 (or 4) channels' bytes packed into the 64-bit (32-bit) words of out's
+    # rows (reading the tile across channels instead transposed it element by element: ~1/3 of
+    # the kernel; 64-bit words over 32-bit ones: the epilogue ~5% faster)
+    store_bytes = next((b for b in (2 * BYTES_PER_WORD, BYTES_PER_WORD) if C % b == 0 and N % b == 0), None)
+    packed_bytes = requantize is not None and store_bytes is not None
+    store_dtype = "int64" if store_bytes == 2 * BYTES_PER_WORD else "int32"
 
     @T.prim_func(private=True, s_tir=True)
     def kernel(
@@ -126,15 +129,16 @@ def u8s8_bsr_kernel(
                                         T.reinterpret(T.broadcast(T.reinterpret(data.vload([indptr[nbo * G + g] + j, a, 0], "int8x4"), dtype="int32"), LANES), dtype="int8x64"),
                                     )
                     if packed_bytes:
-                        out_words = T.decl_buffer((M, N // BYTES_PER_WORD), "int32", data=out.data)
-                        for word in T.unroll(C // BYTES_PER_WORD):
+                        out_words = T.decl_buffer((M, N // store_bytes), store_dtype, data=out.data)
+                        for word in T.unroll(C // store_bytes):
                             for v in T.unroll(vectors):
                                 for b in T.vectorized(LANES):
-                                    out_words[mo * MT + v * LANES + b, nbo * (C // BYTES_PER_WORD) + word] = packed_word(
+                                    out_words[mo * MT + v * LANES + b, nbo * (C // store_bytes) + word] = packed_bytes_word(
+                                        store_bytes,
                                         lambda j: channel_output(
                                             finish,
-                                            acc[word * BYTES_PER_WORD + j, v * LANES + b],
-                                            nbo * C + word * BYTES_PER_WORD + j,
+                                            acc[word * store_bytes + j, v * LANES + b],
+                                            nbo * C + word * store_bytes + j,
                                             compensation,
                                             scale,
                                             bias,
@@ -159,6 +163,14 @@ def packed_word(byte_code: Callable[[int], tirx.PrimExpr]) -> tirx.PrimExpr:
     for j in range(1, BYTES_PER_WORD):
         word = word | ((byte_code(j) & 0xFF) << (8 * j))
     return word
+
+
+def packed_bytes_word(count: int, byte_code: Callable[[int], tirx.PrimExpr]) -> tirx.PrimExpr:
+    """`count` (4 or 8) byte codes as one little-endian word; 8 as two 32-bit words widened once."""
+    if count == BYTES_PER_WORD:
+        return packed_word(byte_code)
+    low, high = (T.Cast("int64", T.Cast("uint32", packed_word(lambda j, h=h: byte_code(h * BYTES_PER_WORD + j)))) for h in (0, 1))
+    return low | (high << T.int64(32))
 
 
 def _default_knobs(shape: Int8BSRShape) -> dict:
