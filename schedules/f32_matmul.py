@@ -174,7 +174,7 @@ class F32Matmul(ScheduleRule):
         return sch
 
 
-LAYOUT_FREE_ATTR = "layout_free_buffers"  # set by relax.transform.AttachAttrLayoutFreeBuffers
+LAYOUT_FREE_ATTR = "layout_free_buffers"  # constant parameters, set by passes/mark_constant_params.py
 PREPROC_ANNOTATION = "meta_schedule.layout_rewrite_preproc"  # what SplitLayoutRewritePreproc splits out
 
 
