@@ -74,10 +74,15 @@ class BindingRewriter(PyExprMutator):
     `prepare(graph)` sees each Relax function's Dataflow before the function is visited;
     `rewrite(binding)` returns the expression that replaces a binding's value, or None to keep
     the binding. The replacement is emitted in the binding's place, as a dataflow variable or a
-    block output like the original."""
+    block output like the original. By default `prepare` keeps the function's bindings in
+    `self.bindings`."""
+
+    def __init__(self, mod: tvm.IRModule | None = None):
+        super().__init__(mod)
+        self.bindings: dict = {}
 
     def prepare(self, graph: Dataflow) -> None:
-        pass
+        self.bindings = graph.bindings
 
     def rewrite(self, binding: relax.VarBinding) -> relax.Expr | None:
         raise NotImplementedError

@@ -15,7 +15,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import mutator
 
-from .dataflow import BindingRewriter, Dataflow, bound_value, is_op, per_tensor_quantization, rewrite_functions
+from .dataflow import BindingRewriter, bound_value, is_op, per_tensor_quantization, rewrite_functions
 
 LAYOUT_OPS = ("relax.reshape", "relax.permute_dims")
 
@@ -44,13 +44,6 @@ def _layout_chain(quantize: relax.Call, bindings) -> tuple[relax.Expr, list[rela
 
 @mutator
 class _Rewriter(BindingRewriter):
-    def __init__(self, mod):
-        super().__init__(mod)
-        self.bindings: dict = {}
-
-    def prepare(self, graph: Dataflow) -> None:
-        self.bindings = graph.bindings
-
     def rewrite(self, binding) -> relax.Expr | None:
         chain = _layout_chain(binding.value, self.bindings) if is_op(binding.value, "relax.quantize") else None
         if chain is None:

@@ -23,7 +23,7 @@ from tvm.relax.expr_functor import mutator
 
 from sparsec.schedules.u8_lookup import u8_lookup_kernel
 
-from .dataflow import BindingRewriter, Dataflow, bound_value, constant_array, is_op, per_tensor_quantization, rewrite_functions
+from .dataflow import BindingRewriter, bound_value, constant_array, is_op, per_tensor_quantization, rewrite_functions
 
 Lifted = Callable[[np.ndarray], np.ndarray]  # the chain so far, as a function of q's 256 values (float32)
 
@@ -155,10 +155,6 @@ class _Rewriter(BindingRewriter):
     def __init__(self, mod, vbmi: bool):
         super().__init__(mod)
         self.vbmi = vbmi
-        self.bindings: dict = {}
-
-    def prepare(self, graph: Dataflow) -> None:
-        self.bindings = graph.bindings
 
     def rewrite(self, binding) -> relax.Expr | None:
         table = self._table(binding.value)

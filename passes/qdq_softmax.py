@@ -18,7 +18,7 @@ from tvm.relax.expr_functor import mutator
 
 from sparsec.schedules.u8_softmax import LANES, u8_softmax_kernel
 
-from .dataflow import BindingRewriter, Dataflow, bound_value, is_op, per_tensor_quantization, rewrite_functions
+from .dataflow import BindingRewriter, bound_value, is_op, per_tensor_quantization, rewrite_functions
 from .qdq_to_int8 import output_quantization
 
 
@@ -51,13 +51,6 @@ def _quantized_softmax(quantize: relax.Call, bindings):
 
 @mutator
 class _Rewriter(BindingRewriter):
-    def __init__(self, mod):
-        super().__init__(mod)
-        self.bindings: dict = {}
-
-    def prepare(self, graph: Dataflow) -> None:
-        self.bindings = graph.bindings
-
     def rewrite(self, binding) -> relax.Expr | None:
         found = _quantized_softmax(binding.value, self.bindings) if is_op(binding.value, "relax.quantize") else None
         if found is None:
