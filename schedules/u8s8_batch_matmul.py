@@ -22,7 +22,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from .apply import mark_scheduled
-from .u8s8_matmul import GROUP, LANES, MAX_ACCUMULATORS, Requantize, output_dtype, output_epilogue, vpdpbusd
+from .u8s8_matmul import GROUP, LANES, MAX_ACCUMULATORS, OutputEpilogue, Requantize, output_dtype, vpdpbusd
 
 ROW_SUM_LANES = 16  # bytes of a row summed per widening add
 FLIP = 0x80808080  # x ^ 0x80 in each byte of a word: uint8 <-> int8 with an offset of 128
@@ -72,7 +72,7 @@ def u8s8_batch_matmul_kernel(
     zb = b.zero_point - (128 if b.dtype == "uint8" else 0)  # of b as int8
     scale = a.scale * b.scale
     out_dtype = output_dtype(requantize, None)
-    finish = output_epilogue(None, requantize)
+    finish = OutputEpilogue(None, requantize)
     ones = 0x01010101  # four int8 (or uint8) ones
 
     def words_as_bytes(words):

@@ -33,7 +33,7 @@ from tvm.script import tirx as T
 from .apply import mark_scheduled
 from .tunable import TunableFamily, divisors_among, tag
 from .u8_regroup import regrouped_shape, regrouped_tile_rows
-from .u8s8_matmul import GROUP, LANES, MAX_ACCUMULATORS, PostBias, Requantize, channel_output, epilogue_from_workload, epilogue_workload, output_dtype, output_epilogue, vpdpbusd
+from .u8s8_matmul import GROUP, LANES, MAX_ACCUMULATORS, OutputEpilogue, PostBias, Requantize, epilogue_from_workload, epilogue_workload, output_dtype, vpdpbusd
 
 ROWS_PER_VECTOR = LANES  # rows of M per vpdpbusd
 DEFAULT_CHUNKS = 8  # parallel chunks of block-row groups: enough to balance up to 8 threads
@@ -79,7 +79,7 @@ def u8s8_bsr_kernel(
     ([2 N] with `post_bias`) -> out [M, N] (f32, or the requantize dtype). Knobs: {"group": G block rows per tile,
     "vectors": 16-row vectors of M per tile}."""
     M, N, R, nnz = shape.m, shape.n, shape.block_rows, shape.stored_blocks
-    KG, NB = shape.k // GROUP, shape.n // R
+    NB = shape.n // R
     knobs = knobs or _default_knobs(shape)
     G, vectors = knobs["group"], knobs["vectors"]
     CHUNKS = knobs.get("chunks", NB // G)  # logs from before the knob: one chunk per block-row group
@@ -87,7 +87,7 @@ def u8s8_bsr_kernel(
     MT = vectors * ROWS_PER_VECTOR
     XT = regrouped_tile_rows(M)
     out_dtype = output_dtype(requantize, post_bias)
-    finish = output_epilogue(activation_name, requantize, post_bias)
+    finish = OutputEpilogue(activation_name, requantize, post_bias)
     bias_stages = 2 if post_bias is not None else 1
     # bytes out: each channel's 16 rows are quantized in full-width vectors straight from the
     # accumulators, and 8 (or 4) channels' bytes packed into the 64-bit (32-bit) words of out's
@@ -135,8 +135,7 @@ def u8s8_bsr_kernel(
                                 for b in T.vectorized(LANES):
                                     out_words[mo * MT + v * LANES + b, nbo * (C // store_bytes) + word] = packed_bytes_word(
                                         store_bytes,
-                                        lambda j: channel_output(
-                                            finish,
+                                        lambda j: finish.channel_output(
                                             acc[word * store_bytes + j, v * LANES + b],
                                             nbo * C + word * store_bytes + j,
                                             compensation,
@@ -149,8 +148,8 @@ def u8s8_bsr_kernel(
                     else:
                         for b in T.unroll(MT):
                             for c in T.vectorized(C):  # channels are contiguous in out
-                                out[mo * MT + b, nbo * C + c] = channel_output(
-                                    finish, acc[c, b], nbo * C + c, compensation, scale, bias, (bias_stages - 1) * N
+                                out[mo * MT + b, nbo * C + c] = finish.channel_output(
+                                    acc[c, b], nbo * C + c, compensation, scale, bias, (bias_stages - 1) * N
                                 )
 
     workload = {"shape": asdict(shape), **epilogue_workload(activation_name, requantize, post_bias)}

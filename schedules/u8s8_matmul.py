@@ -129,10 +129,6 @@ class OutputEpilogue:
         return T.Cast(dtype or second.dtype, requantized)
 
 
-def output_epilogue(activation_name: str | None, requantize: Requantize | None, post_bias: PostBias | None = None) -> OutputEpilogue:
-    return OutputEpilogue(activation_name, requantize, post_bias)
-
-
 def _quantize(value, params: Requantize):
     # a multiply by the reciprocal: a divide is ~5x the cost on AVX-512 (QuantizeLinear divides;
     # the two agree but for a value within an ulp of a rounding tie)
@@ -142,10 +138,6 @@ def _quantize(value, params: Requantize):
 def _saturate(value, params: Requantize):
     low, high = params.limits
     return T.max(T.min(value, T.float32(high)), T.float32(low))
-
-
-def channel_output(finish: OutputEpilogue, acc_value, channel, compensation, scale, bias, post_bias_offset: int, dtype=None):
-    return finish.channel_output(acc_value, channel, compensation, scale, bias, post_bias_offset, dtype)
 
 
 def epilogue_workload(activation_name: str | None, requantize: Requantize | None, post_bias: PostBias | None) -> dict:
@@ -218,7 +210,7 @@ def u8s8_matmul_kernel(
     ragged_n = N % LANES != 0
     weight_shape = (NB, KG, LANES, GROUP) if vnni else (K, shape.padded_n)
     out_dtype = output_dtype(requantize, post_bias)
-    finish = output_epilogue(activation_name, requantize, post_bias)
+    finish = OutputEpilogue(activation_name, requantize, post_bias)
     bias_stages = 2 if post_bias is not None else 1
 
     def channel(nbo, lane):  # lane in [0, NR * 16) of the tile's channels
@@ -260,8 +252,8 @@ def u8s8_matmul_kernel(
                     for r in T.unroll(MR):
                         for lane in T.vectorized(NR * LANES):
                             if not ragged_n or channel(nbo, lane) < N:
-                                out[mo * MR + r, channel(nbo, lane)] = channel_output(
-                                    finish, acc[r, lane], channel(nbo, lane), compensation, scale, bias, (bias_stages - 1) * shape.padded_n
+                                out[mo * MR + r, channel(nbo, lane)] = finish.channel_output(
+                                    acc[r, lane], channel(nbo, lane), compensation, scale, bias, (bias_stages - 1) * shape.padded_n
                                 )
 
     family = "U8S8MatmulVNNI" if vnni else "U8S8Matmul"
