@@ -17,8 +17,9 @@ from sparsec.schedules.f32_matmul import PREPROC_ANNOTATION
 @module_pass(opt_level=0, name="sparsec.RepackConstants")
 class RepackConstants:
     def transform_module(self, mod: tvm.IRModule, _ctx: PassContext) -> tvm.IRModule:
-        others = {gv: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc) and not repacks_a_parameter(f)}
-        if len(others) == sum(isinstance(f, tirx.PrimFunc) for _, f in mod.functions_items()):
+        kernels = {gv: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
+        others = {gv: f for gv, f in kernels.items() if not repacks_a_parameter(f)}
+        if len(others) == len(kernels):
             return mod
         repacking = tvm.IRModule({gv: f for gv, f in mod.functions_items() if gv not in others}, attrs=mod.attrs)
         split = relax.transform.SplitLayoutRewritePreproc()(repacking)
