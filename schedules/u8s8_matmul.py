@@ -52,6 +52,11 @@ class Requantize:
     def limits(self) -> tuple[float, float]:
         return (0.0, 255.0) if self.dtype == "uint8" else (-128.0, 127.0)
 
+    def from_scaled(self, scaled):
+        """saturate(round(scaled) + zero_point) for scaled = y / scale, as float32 (a TIR expression)."""
+        low, high = self.limits
+        return T.max(T.min(T.round(scaled) + T.float32(self.zero_point), T.float32(high)), T.float32(low))
+
 
 @dataclass(frozen=True)
 class Int8MatmulShape:
@@ -119,25 +124,20 @@ class OutputEpilogue:
         scaled = T.Cast("float32", acc_value) * multiplier + offset
         if self.activation_name == "relu":
             scaled = T.max(scaled, T.float32(0))
-        quantized = _saturate(T.round(scaled) + T.float32(first.zero_point), first)
+        quantized = first.from_scaled(scaled)
         if self.post_bias is None:
             return T.Cast(dtype or first.dtype, quantized)
         second = self.post_bias.output
         ratio = T.float32(first.scale / second.scale)
         second_offset = bias[post_bias_offset + channel] * T.float32(1.0 / second.scale) - T.float32(first.zero_point * first.scale / second.scale)
-        requantized = _saturate(T.round(quantized * ratio + second_offset) + T.float32(second.zero_point), second)
+        requantized = second.from_scaled(quantized * ratio + second_offset)
         return T.Cast(dtype or second.dtype, requantized)
 
 
 def _quantize(value, params: Requantize):
     # a multiply by the reciprocal: a divide is ~5x the cost on AVX-512 (QuantizeLinear divides;
     # the two agree but for a value within an ulp of a rounding tie)
-    return _saturate(T.round(value * T.float32(1.0 / params.scale)) + T.float32(params.zero_point), params)
-
-
-def _saturate(value, params: Requantize):
-    low, high = params.limits
-    return T.max(T.min(value, T.float32(high)), T.float32(low))
+    return params.from_scaled(value * T.float32(1.0 / params.scale))
 
 
 def epilogue_workload(activation_name: str | None, requantize: Requantize | None, post_bias: PostBias | None) -> dict:
