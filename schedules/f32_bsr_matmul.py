@@ -24,7 +24,7 @@ from tvm.script import tirx as T
 from .apply import mark_scheduled
 from .common import MAX_REGISTER_TILE_BYTES, without_param
 from .epilogues import activation
-from .tunable import TunableFamily, divisors_among, tag
+from .tunable import TunableFamily, density_percent, divisors_among, tag
 
 ROW_TILE_CANDIDATES = (8, 4, 2, 1)
 COLUMN_TILE_CANDIDATES = (64, 32, 16, 8, 4, 2, 1)
@@ -139,9 +139,18 @@ def _from_workload(workload: dict) -> tuple[BSRShape, BSREpilogue]:
     return BSRShape(**workload["shape"]), BSREpilogue(**workload["epilogue"])
 
 
+def _tuning_key(workload: dict) -> dict:
+    if "density" in workload:
+        return workload
+    shape = BSRShape(**workload["shape"])
+    blocks = (shape.n // shape.block_rows) * (shape.k // shape.block_cols)
+    layout = {name: value for name, value in workload["shape"].items() if name != "stored_blocks"}
+    return {"shape": layout, "density": density_percent(shape.stored_blocks, blocks), "epilogue": workload["epilogue"]}
+
+
 TUNABLE = [
-    TunableFamily("f32_bsr_rows", lambda w: _rows_space(_from_workload(w)[0]), lambda w, knobs: bsr_rows_kernel(*_from_workload(w), knobs)),
-    TunableFamily("f32_bsr_columns", lambda w: _columns_space(_from_workload(w)[0]), lambda w, knobs: bsr_columns_kernel(*_from_workload(w), knobs)),
+    TunableFamily("f32_bsr_rows", lambda w: _rows_space(_from_workload(w)[0]), lambda w, knobs: bsr_rows_kernel(*_from_workload(w), knobs), _tuning_key),
+    TunableFamily("f32_bsr_columns", lambda w: _columns_space(_from_workload(w)[0]), lambda w, knobs: bsr_columns_kernel(*_from_workload(w), knobs), _tuning_key),
 ]
 
 

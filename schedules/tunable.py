@@ -6,6 +6,12 @@ so the tuner can rebuild any kernel of a compiled module with other knobs, and `
 --tuning-log` can rebuild it with the best measured ones. Each family lists its valid knob
 settings for a workload; the first setting of a space is not special, the default is whatever the
 builder picks without knobs.
+
+A family's tuning key is the part of the workload that decides which knobs are fastest: shapes,
+block shape, density rounded to a percent, the epilogue's kind. Not the requantize scales or the
+exact count of stored blocks, which differ from layer to layer and model to model: the 72 int8
+BSR layers of BERT-base are 5 tasks, and a log tuned on one model serves another with the same
+layer shapes.
 """
 
 from __future__ import annotations
@@ -21,11 +27,25 @@ WORKLOAD_ATTR = "sparsec.workload"
 KNOBS_ATTR = "sparsec.knobs"
 
 
+def whole_workload(workload: dict) -> dict:
+    return workload
+
+
 @dataclass(frozen=True)
 class TunableFamily:
     name: str
     space: Callable[[dict], list[dict]]  # workload -> every valid knob setting
     build: Callable[[dict, dict | None], tirx.PrimFunc]  # workload, knobs (None: defaults) -> kernel
+    key: Callable[[dict], dict] = whole_workload  # workload (or a key: idempotent) -> tuning key
+
+
+def density_percent(stored_blocks: int, block_count: int) -> int:
+    return round(100 * stored_blocks / block_count)
+
+
+def tuning_key(family: str, workload: dict) -> dict:
+    known = families()
+    return known[family].key(workload) if family in known else workload
 
 
 def tag(func: tirx.PrimFunc, family: str, workload: dict, knobs: dict) -> tirx.PrimFunc:

@@ -31,9 +31,9 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from .apply import mark_scheduled
-from .tunable import TunableFamily, divisors_among, tag
+from .tunable import TunableFamily, density_percent, divisors_among, tag
 from .u8_regroup import regrouped_shape, regrouped_tile_rows
-from .u8s8_matmul import GROUP, LANES, MAX_ACCUMULATORS, OutputEpilogue, PostBias, Requantize, epilogue_from_workload, epilogue_workload, output_dtype, vpdpbusd
+from .u8s8_matmul import GROUP, LANES, MAX_ACCUMULATORS, OutputEpilogue, PostBias, Requantize, epilogue_from_workload, epilogue_kind, epilogue_workload, output_dtype, vpdpbusd
 
 ROWS_PER_VECTOR = LANES  # rows of M per vpdpbusd
 DEFAULT_CHUNKS = 8  # parallel chunks of block-row groups: enough to balance up to 8 threads
@@ -196,4 +196,13 @@ def _build(workload: dict, knobs: dict | None) -> tirx.PrimFunc:
     return u8s8_bsr_kernel(Int8BSRShape(**workload["shape"]), activation_name, requantize, knobs, post_bias)
 
 
-TUNABLE = [TunableFamily("u8s8_bsr", lambda w: _space(Int8BSRShape(**w["shape"])), _build)]
+def _tuning_key(workload: dict) -> dict:
+    if "epilogue" in workload:
+        return workload
+    shape = Int8BSRShape(**workload["shape"])
+    blocks = (shape.n // shape.block_rows) * (shape.k // GROUP)
+    layout = {"m": shape.m, "k": shape.k, "n": shape.n, "block_rows": shape.block_rows}
+    return {"shape": layout, "density": density_percent(shape.stored_blocks, blocks), "epilogue": epilogue_kind(workload)}
+
+
+TUNABLE = [TunableFamily("u8s8_bsr", lambda w: _space(Int8BSRShape(**w["shape"])), _build, _tuning_key)]

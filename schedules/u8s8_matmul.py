@@ -149,6 +149,13 @@ def epilogue_workload(activation_name: str | None, requantize: Requantize | None
     return workload
 
 
+def epilogue_kind(workload: dict) -> dict:
+    """What an epilogue does, without its constants: the part of a tuning key it makes up."""
+    post_bias = workload.get("post_bias")
+    requantize = workload["requantize"]
+    return {"activation": workload["activation"], "requantize": requantize and requantize["dtype"], "post_bias": post_bias and post_bias["output"]["dtype"]}
+
+
 def epilogue_from_workload(workload: dict) -> tuple[str | None, Requantize | None, PostBias | None]:
     requantize = Requantize(**workload["requantize"]) if workload["requantize"] else None
     post_bias = PostBias(Requantize(**workload["post_bias"]["output"])) if workload.get("post_bias") else None
@@ -266,4 +273,10 @@ def _build(workload: dict, knobs: dict | None) -> tirx.PrimFunc:
     return u8s8_matmul_kernel(Int8MatmulShape(**workload["shape"]), workload["vnni"], activation_name, requantize, knobs, post_bias)
 
 
-TUNABLE = [TunableFamily("u8s8_matmul", lambda w: _space(Int8MatmulShape(**w["shape"])), _build)]
+def _tuning_key(workload: dict) -> dict:
+    if "epilogue" in workload:
+        return workload
+    return {"shape": workload["shape"], "vnni": workload["vnni"], "epilogue": epilogue_kind(workload)}
+
+
+TUNABLE = [TunableFamily("u8s8_matmul", lambda w: _space(Int8MatmulShape(**w["shape"])), _build, _tuning_key)]

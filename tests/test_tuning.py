@@ -119,6 +119,31 @@ def test_a_log_from_one_model_serves_another_with_the_same_layer_shapes(tmp_path
     assert result.tuned and all(rule.startswith("Tuned") for name, rule in result.schedules.items() if name in result.tuned)
 
 
+def test_layers_that_differ_only_in_constants_share_a_task(pruned_models, tmp_path):
+    """Two QDQ models of the same shapes, pruned and calibrated from other seeds: their int8 BSR
+    kernels have other requantize scales and stored-block counts but the same tuning keys, and a
+    record written under a whole workload (logs before the keys) reads back under the key."""
+    from sparsec.driver import optimized_module
+    from sparsec.schedules.tunable import tagged_task
+    from sparsec.tuning_logs.tasks import extract_tasks
+
+    source, other = tmp_path / "other_1x4.onnx", tmp_path / "other_qdq.onnx"
+    onnx.save(models.prune(models.mlp((128, 256, 256, 16), batch=64, seed=7), 0.9, (1, 4)), str(source))
+    models.quantize_qdq(source, other)
+    spec = parse_target(TARGET)
+    tasks = {}
+    for name, model in (("first", pruned_models["int8"]), ("second", other)):
+        _, mod, _, _ = optimized_module(model, spec, None, lambda _line: None, schedule=False)
+        tasks[name] = [t for t in extract_tasks(mod, spec.to_tvm()) if t.key.family == "u8s8_bsr"]
+    workloads = {name: [tagged_task(t.func)[1] for t in found] for name, found in tasks.items()}
+    assert len(tasks["first"]) == 3 and set(workloads["first"]).isdisjoint(workloads["second"])
+    assert [t.key for t in tasks["first"]] == [t.key for t in tasks["second"]]
+
+    task = tasks["second"][0]
+    old_style = Record(TaskKey("u8s8_bsr", workloads["second"][0]), "znver4", {"knobs": task.default_knobs}, 10.0)
+    assert Record.from_json(old_style.to_json()).task == task.key
+
+
 def test_a_killed_tuning_run_resumes_without_measuring_twice(pruned_models, tmp_path):
     model, log = pruned_models["fp32"], tmp_path / "log.json"
     command = [sys.executable, "-m", "sparsec.cli", "tune", str(model), "--log", str(log), "--trials", "16", "--no-metaschedule"]
@@ -166,7 +191,7 @@ def test_a_log_for_another_isa_is_reported_and_not_applied(pruned_models, tmp_pa
 
 
 def test_merge_keeps_every_distinct_record(tmp_path):
-    key = TaskKey("f32_bsr_rows", '{"shape": {}}')
+    key = TaskKey("f32_matmul", '{"buffers": []}')
     a, b, merged = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
     first, second = Record(key, "znver4", {"knobs": {"rows": 1}}, 5.0), Record(key, "znver4", {"knobs": {"rows": 2}}, 4.0)
     a.write_text(first.to_json() + "\n")

@@ -52,7 +52,7 @@ class Record:
         value = json.loads(line)
         if value.get("version") != FORMAT_VERSION:
             raise ValueError(f"unknown record version {value.get('version')!r}")
-        task = TaskKey(**value["task"])
+        task = _current_key(TaskKey(**value["task"]))
         if not isinstance(value["candidate"], dict):
             raise ValueError("candidate is not an object")
         latency = value["latency_us"]
@@ -86,6 +86,13 @@ class LoadedLog:
             if record.isa == isa:
                 by_task.setdefault(record.task, []).append(record)
         return by_task
+
+
+def _current_key(task: TaskKey) -> TaskKey:
+    """Logs written before tuning keys left out the epilogue's constants name whole workloads."""
+    from .tasks import tagged_task_key
+
+    return tagged_task_key(task.family, json.loads(task.workload))
 
 
 def _rank(record: Record) -> tuple[bool, float]:

@@ -16,7 +16,7 @@ from tvm.target import Target
 
 from sparsec.passes.dataflow import call_tir_sites
 from sparsec.schedules.f32_matmul import LAYOUT_FREE_ATTR, F32Matmul
-from sparsec.schedules.tunable import families, tagged_task
+from sparsec.schedules.tunable import families, tagged_task, tuning_key
 
 from .records import TaskKey
 
@@ -39,7 +39,7 @@ class Task:
     def space(self, target: Target) -> list[dict]:
         if self.uses_metaschedule:
             return MATMUL_RULE.space(self.func, target)
-        return families()[self.key.family].space(json.loads(self.key.workload))
+        return families()[self.key.family].space(_workload_of(self.func))
 
 
 def rule_task_key(func: tirx.PrimFunc) -> TaskKey:
@@ -51,11 +51,21 @@ def rule_task_key(func: tirx.PrimFunc) -> TaskKey:
     return TaskKey(MATMUL_RULE.family, json.dumps(workload, sort_keys=True))
 
 
+def tagged_task_key(family: str, workload: dict) -> TaskKey:
+    """Layers whose kernels differ only in constants (requantize scales, the exact count of
+    stored blocks) share a task and its records."""
+    return TaskKey(family, json.dumps(tuning_key(family, workload), sort_keys=True))
+
+
+def _workload_of(func: tirx.PrimFunc) -> dict:
+    return json.loads(tagged_task(func)[1])
+
+
 def task_key_of(func: tirx.PrimFunc, target: Target) -> TaskKey | None:
     tagged = tagged_task(func)
     if tagged is not None:
         family, workload, _ = tagged
-        return TaskKey(family, workload) if family in families() else None
+        return tagged_task_key(family, json.loads(workload)) if family in families() else None
     if func.attrs is not None and func.attrs.get("tirx.is_scheduled", False):
         return None
     return rule_task_key(func) if MATMUL_RULE.space(func, target) else None
@@ -94,7 +104,7 @@ def build_candidate(task: Task, candidate: dict | None, target: Target) -> tirx.
 def build_for_key(key: TaskKey, func: tirx.PrimFunc, candidate: dict | None, target: Target) -> tirx.PrimFunc:
     knobs = None if candidate is None else candidate.get("knobs")
     if key.family != MATMUL_RULE.family:
-        return families()[key.family].build(json.loads(key.workload), knobs)
+        return families()[key.family].build(_workload_of(func), knobs)
     if candidate is not None and "trace" in candidate:
         sch = s_tir.Schedule(func)
         s_tir.schedule.Trace.apply_json_to_schedule(candidate["trace"], sch)
