@@ -114,18 +114,25 @@ def test_lookup_kernel_matches_numpy(size, dtype, vbmi):
     np.testing.assert_array_equal(buffers[2].numpy(), table[x.astype(np.int32) - info.min])
 
 
-@pytest.mark.parametrize("form", ["gemm", "matmul"])
-def test_pruned_qdq_mlp_runs_bsr_int8_and_matches_onnxruntime(compile_onnx, tmp_path, form):
+@pytest.mark.parametrize(
+    ("form", "pruned_as", "block_rows"),
+    [
+        ("gemm", (1, 4), 1),  # the weights' own 1x4 pattern
+        ("matmul", (1, 4), 1),
+        ("gemm", (4, 1), 4),  # 4x1 blocks regrouped into 4x4 ones (a third of them stored at 90%)
+    ],
+)
+def test_pruned_qdq_mlp_runs_bsr_int8_and_matches_onnxruntime(compile_onnx, tmp_path, form, pruned_as, block_rows):
     source, target = tmp_path / "fp32.onnx", tmp_path / "qdq.onnx"
-    onnx.save(models.prune(models.mlp((128, 256, 256, 16), batch=32, form=form), 0.9, (1, 4)), str(source))
+    onnx.save(models.prune(models.mlp((128, 256, 256, 16), batch=32, form=form), 0.9, pruned_as), str(source))
     models.quantize_qdq(source, target)
     model = onnx.load(str(target))
     compiled, result = compile_onnx(model, "pruned_qdq_mlp")
     assert [d.path for d in result.int8_layers][:2] == ["vnni-bsr", "vnni-bsr"]
-    assert all(d.plan.block_rows == 1 for d in result.int8_layers[:2])  # the weights' own 1x4 pattern
+    assert all(d.plan.block_rows == block_rows for d in result.int8_layers[:2])
     if form == "matmul":  # the bias add after the output QuantizeLinear runs in the BSR kernel
         sparse_layers = sum(d.path == "vnni-bsr" for d in result.int8_layers)
-        assert sum(name.startswith("u8s8_bsr_1x4_requantize_bias") for name in result.schedules) == sparse_layers
+        assert sum(name.startswith(f"u8s8_bsr_{block_rows}x4_requantize_bias") for name in result.schedules) == sparse_layers
     feeds = random_feeds(compiled)
     difference = np.abs(compiled.run(None, feeds)[0] - onnxruntime_outputs(model, feeds)[0]).max()
     assert difference <= _output_step(model) * 1.001, difference
