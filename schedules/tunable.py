@@ -10,7 +10,7 @@ builder picks without knobs.
 A family's tuning key is the part of the workload that decides which knobs are fastest: shapes,
 block shape, density rounded to a percent, the epilogue's kind. Not the requantize scales or the
 exact count of stored blocks, which differ from layer to layer and model to model: the 72 int8
-BSR layers of BERT-base are 5 tasks, and a log tuned on one model serves another with the same
+BSR layers of BERT-base are 3 tasks, and a log tuned on one model serves another with the same
 layer shapes.
 """
 

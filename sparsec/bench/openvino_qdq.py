@@ -34,16 +34,21 @@ def fold_lookup_qdq(model: onnx.ModelProto) -> int:
     """Move Q/DQ pairs after a lookup of a constant table onto the table; returns how many."""
     graph = model.graph
     consumers = _consumers(graph)
+    outputs = {output.name for output in graph.output}
+    released: set[str] = set()  # values the removed nodes and the replaced tables read
     folded = 0
     for lookup in [n for n in graph.node if n.op_type in LOOKUPS]:
         quantize = _only_consumer(consumers, lookup.output[0], "QuantizeLinear")
         dequantize = quantize and _only_consumer(consumers, quantize.output[0], "DequantizeLinear")
+        if dequantize is None or dequantize.output[0] in outputs:
+            continue
         table = constant_value(graph, lookup.input[0])
-        if dequantize is None or table is None:
+        if table is None:
             continue
         fake_quantized = _fake_quantize(graph, table, quantize, dequantize)
         name = f"{lookup.input[0]}_fake_quantized"
         graph.initializer.append(numpy_helper.from_array(fake_quantized, name))
+        released.update([lookup.input[0], *quantize.input, *dequantize.input])
         lookup.input[0] = name
         for node in graph.node:
             for slot, value in enumerate(node.input):
@@ -52,21 +57,18 @@ def fold_lookup_qdq(model: onnx.ModelProto) -> int:
         graph.node.remove(quantize)
         graph.node.remove(dequantize)
         folded += 1
-    if folded:
-        _remove_unused(graph)
+    _remove_released(graph, released)
     return folded
 
 
-def _remove_unused(graph: onnx.GraphProto) -> None:
-    """Nodes none of whose outputs are read (the table's own DequantizeLinear), then initializers."""
-    while True:
-        used = {name for node in graph.node for name in node.input} | {output.name for output in graph.output}
-        dead = [node for node in graph.node if not any(name in used for name in node.output)]
-        if not dead:
-            break
-        for node in dead:
-            graph.node.remove(node)
-    for initializer in [i for i in graph.initializer if i.name not in used]:
+def _remove_released(graph: onnx.GraphProto, released: set[str]) -> None:
+    """A replaced table's own DequantizeLinear, and initializers nothing reads any more."""
+    used = {name for node in graph.node for name in node.input} | {output.name for output in graph.output}
+    for node in [n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] in released and n.output[0] not in used]:
+        released.update(node.input)
+        graph.node.remove(node)
+    used = {name for node in graph.node for name in node.input}
+    for initializer in [i for i in graph.initializer if i.name in released and i.name not in used]:
         graph.initializer.remove(initializer)
 
 
