@@ -89,7 +89,8 @@ class LoadedLog:
 
 
 def _current_key(task: TaskKey) -> TaskKey:
-    """Logs written before tuning keys left out the epilogue's constants name whole workloads."""
+    """A record's task under the current key (logs from before 2026-12-05 name whole workloads,
+    requantize scales and stored-block counts included)."""
     from .tasks import tagged_task_key
 
     return tagged_task_key(task.family, json.loads(task.workload))
