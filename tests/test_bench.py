@@ -121,6 +121,30 @@ def test_openvino_copy_of_a_qdq_model_computes_the_same(workdir):
     np.testing.assert_array_equal(copy[0], original[0])
 
 
+def test_openvino_copy_leaves_per_axis_pairs():
+    """A per-axis pair's axis counts in the lookup's output (rank 3 here), not in the table."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from sparsec.bench.openvino_qdq import fold_lookup_qdq
+
+    initializers = [
+        numpy_helper.from_array(np.ones((10, 4), np.float32), "table"),
+        numpy_helper.from_array(np.full(4, 0.1, np.float32), "scale"),
+        numpy_helper.from_array(np.zeros(4, np.uint8), "zero_point"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["rows"]),
+        helper.make_node("QuantizeLinear", ["rows", "scale", "zero_point"], ["q"], axis=2),
+        helper.make_node("DequantizeLinear", ["q", "scale", "zero_point"], ["dq"], axis=2),
+        helper.make_node("Relu", ["dq"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 3])], [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 4])], initializers
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    assert fold_lookup_qdq(model) == 0 and len(model.graph.node) == 4
+
+
 @pytest.mark.skipif(not is_available("openvino"), reason="OpenVINO is an optional peer")
 def test_openvino_times_a_qdq_encoder(workdir):
     done = run_cli("bench", "encoder_int8.onnx", "--target", TARGET, "--compare", "openvino", "--rtol", "0.2", "--json", "-", *QUICK, cwd=workdir)

@@ -40,7 +40,7 @@ def fold_lookup_qdq(model: onnx.ModelProto) -> int:
     for lookup in [n for n in graph.node if n.op_type in LOOKUPS]:
         quantize = _only_consumer(consumers, lookup.output[0], "QuantizeLinear")
         dequantize = quantize and _only_consumer(consumers, quantize.output[0], "DequantizeLinear")
-        if dequantize is None or dequantize.output[0] in outputs:
+        if dequantize is None or dequantize.output[0] in outputs or not _constant_per_tensor(graph, quantize, dequantize):
             continue
         table = constant_value(graph, lookup.input[0])
         if table is None:
@@ -70,6 +70,16 @@ def _remove_released(graph: onnx.GraphProto, released: set[str]) -> None:
     used = {name for node in graph.node for name in node.input}
     for initializer in [i for i in graph.initializer if i.name in released and i.name not in used]:
         graph.initializer.remove(initializer)
+
+
+def _constant_per_tensor(graph: onnx.GraphProto, *nodes: onnx.NodeProto) -> bool:
+    """Scales and zero points are scalar initializers (a per-axis pair's axis counts in the
+    lookup's output, not in the table: such pairs stay)."""
+    for node in nodes:
+        parameters = _parameters(graph, node)
+        if len(parameters) != len([name for name in node.input[1:] if name]) or any(value.size != 1 for value in parameters.values()):
+            return False
+    return True
 
 
 def _fake_quantize(graph, table: np.ndarray, quantize, dequantize) -> np.ndarray:
