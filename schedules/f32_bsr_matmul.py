@@ -140,8 +140,6 @@ def _from_workload(workload: dict) -> tuple[BSRShape, BSREpilogue]:
 
 
 def _tuning_key(workload: dict) -> dict:
-    if "density" in workload:
-        return workload
     shape = BSRShape(**workload["shape"])
     blocks = (shape.n // shape.block_rows) * (shape.k // shape.block_cols)
     layout = {name: value for name, value in workload["shape"].items() if name != "stored_blocks"}

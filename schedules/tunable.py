@@ -36,7 +36,7 @@ class TunableFamily:
     name: str
     space: Callable[[dict], list[dict]]  # workload -> every valid knob setting
     build: Callable[[dict, dict | None], tirx.PrimFunc]  # workload, knobs (None: defaults) -> kernel
-    key: Callable[[dict], dict] = whole_workload  # workload (or a key: idempotent) -> tuning key
+    key: Callable[[dict], dict] = whole_workload  # workload -> tuning key
 
 
 def density_percent(stored_blocks: int, block_count: int) -> int:

@@ -274,8 +274,6 @@ def _build(workload: dict, knobs: dict | None) -> tirx.PrimFunc:
 
 
 def _tuning_key(workload: dict) -> dict:
-    if "epilogue" in workload:
-        return workload
     return {"shape": workload["shape"], "vnni": workload["vnni"], "epilogue": epilogue_kind(workload)}
 
 

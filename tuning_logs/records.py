@@ -20,7 +20,7 @@ from pathlib import Path
 
 from sparsec.errors import SparsecError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: tasks named by tuning keys; 1: by whole kernel workloads, re-keyed on load
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,12 @@ class Record:
     @staticmethod
     def from_json(line: str) -> Record:
         value = json.loads(line)
-        if value.get("version") != FORMAT_VERSION:
-            raise ValueError(f"unknown record version {value.get('version')!r}")
-        task = _current_key(TaskKey(**value["task"]))
+        version = value.get("version")
+        if version not in (1, FORMAT_VERSION):
+            raise ValueError(f"unknown record version {version!r}")
+        task = TaskKey(**value["task"])
+        if version == 1:
+            task = _keyed(task)
         if not isinstance(value["candidate"], dict):
             raise ValueError("candidate is not an object")
         latency = value["latency_us"]
@@ -88,9 +91,9 @@ class LoadedLog:
         return by_task
 
 
-def _current_key(task: TaskKey) -> TaskKey:
-    """A record's task under the current key (logs from before 2026-12-05 name whole workloads,
-    requantize scales and stored-block counts included)."""
+def _keyed(task: TaskKey) -> TaskKey:
+    """A version-1 record's task, named by a whole workload (requantize scales and stored-block
+    counts included), under its tuning key."""
     from .tasks import tagged_task_key
 
     return tagged_task_key(task.family, json.loads(task.workload))
