@@ -199,7 +199,7 @@ def _build(workload: dict, knobs: dict | None) -> tirx.PrimFunc:
 def _tuning_key(workload: dict) -> dict:
     shape = Int8BSRShape(**workload["shape"])
     blocks = (shape.n // shape.block_rows) * (shape.k // GROUP)
-    layout = {"m": shape.m, "k": shape.k, "n": shape.n, "block_rows": shape.block_rows}
+    layout = {name: value for name, value in workload["shape"].items() if name != "stored_blocks"}
     return {"shape": layout, "density": density_percent(shape.stored_blocks, blocks), "epilogue": epilogue_kind(workload)}
 
 

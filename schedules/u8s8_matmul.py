@@ -151,9 +151,8 @@ def epilogue_workload(activation_name: str | None, requantize: Requantize | None
 
 def epilogue_kind(workload: dict) -> dict:
     """What an epilogue does, without its constants: the part of a tuning key it makes up."""
-    post_bias = workload.get("post_bias")
-    requantize = workload["requantize"]
-    return {"activation": workload["activation"], "requantize": requantize and requantize["dtype"], "post_bias": post_bias and post_bias["output"]["dtype"]}
+    activation_name, requantize, post_bias = epilogue_from_workload(workload)
+    return {"activation": activation_name, "requantize": requantize and requantize.dtype, "post_bias": post_bias and post_bias.output.dtype}
 
 
 def epilogue_from_workload(workload: dict) -> tuple[str | None, Requantize | None, PostBias | None]:
