@@ -1,6 +1,7 @@
 """Fallback rule for everything the specific rules did not take: element-wise and layout ops,
 pooling, gathers. Each block gets its leading spatial loops fused and run in parallel, and its
-innermost loop vectorized when it is spatial."""
+innermost loop vectorized when it is spatial, one register of its widest element type per vector
+(64 lanes for a copy of bytes: at 16 lanes, BERT's int8 head permutes took 2.2-3x longer)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,15 @@ MIN_PARALLEL_EXTENT = 2
 class Injective(ScheduleRule):
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
         sch = s_tir.Schedule(func)
-        lanes = vector_lanes(target)
         _inline_intermediates(sch)
         for block in sch.get_child_blocks(sch.get_sblock("root")):
-            schedule_injective_block(sch, block, lanes)
+            schedule_injective_block(sch, block, vector_lanes(target), vector_lanes(target, widest_element_bits(sch.get(block))))
         return sch
+
+
+def widest_element_bits(block: tirx.stmt.SBlock) -> int:
+    """Of the buffers a block reads and writes; bool counts as a byte."""
+    return max(max(region.source.dtype.bits, 8) for region in [*block.reads, *block.writes])
 
 
 def _inline_intermediates(sch: s_tir.Schedule) -> None:
@@ -38,7 +43,9 @@ def _inline_intermediates(sch: s_tir.Schedule) -> None:
             pass  # a reduction or a multi-consumer producer stays a block of its own
 
 
-def schedule_injective_block(sch: s_tir.Schedule, block, lanes: int) -> None:
+def schedule_injective_block(sch: s_tir.Schedule, block, lanes: int, elementwise_lanes: int | None = None) -> None:
+    """`lanes`: the side of a transpose's square tiles; `elementwise_lanes` (default `lanes`):
+    the vector width of an element-wise copy."""
     loops = sch.get_loops(block)
     kinds = block_iter_kinds(sch, block)
     if not loops or len(loops) != len(kinds):
@@ -46,7 +53,7 @@ def schedule_injective_block(sch: s_tir.Schedule, block, lanes: int) -> None:
     n_leading_spatial = len(kinds) - len(kinds.lstrip("S"))
     if n_leading_spatial == len(kinds) and _tile_transpose(sch, block, lanes):
         return
-    if n_leading_spatial == len(kinds) and vectorize_innermost(sch, block, lanes):
+    if n_leading_spatial == len(kinds) and vectorize_innermost(sch, block, elementwise_lanes or lanes):
         outer = sch.get_loops(block)[:-1]
     else:
         outer = loops[:n_leading_spatial]
