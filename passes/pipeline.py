@@ -61,7 +61,7 @@ def optimization_pipeline(
             QDQLayoutFold(),
             # before QDQToInt8: a chain's table output is the next layer's quantized input
             QDQElementwiseToLUT(vbmi=cpu_has(target, "avx512vbmi")),
-            *([QDQSoftmaxToInt8()] if cpu_has(target, "avx512f") else []),  # its table reads are vgatherdps
+            *([QDQSoftmaxToInt8()] if cpu_has(target, "avx512f") else []),  # its table reads are 512-bit vpermps
             quantized if quantized is not None else QDQToInt8(vnni=has_vnni(target)),
             *([QDQBatchMatmulToInt8()] if has_vnni(target) else []),
             sparse if sparse is not None else DenseToBSR(BSROptions()),

@@ -3,10 +3,10 @@
 Pattern (attention's QDQ softmax):
     quantize(softmax(dequantize(q, s, z), axis=-1), so, zo)
 with per-tensor parameters, static shapes and rows of a multiple of 16. The exponentials of
-the byte differences (qmax - q) are tabulated at compile time (schedules/u8_softmax.py); the
-float input and output rows never exist. Outputs match the QDQ graph within one output step
-(the order of the sum's float adds differs). AVX-512 targets only (the kernel gathers with
-vgatherdps); elsewhere the float softmax stays.
+the byte differences (qmax - q) come from tables built at compile time
+(schedules/u8_softmax.py); the float input and output rows never exist. Outputs match the QDQ graph within one output step
+(the order of the sum's float adds differs). AVX-512 targets only (the kernel reads its tables
+with 512-bit vpermps); elsewhere the float softmax stays.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import mutator
 
-from sparsec.schedules.u8_softmax import LANES, u8_softmax_kernel
+from sparsec.schedules.u8_softmax import LANES, exp_tables, u8_softmax_kernel
 
 from .dataflow import BindingRewriter, bound_value, is_op, per_tensor_quantization, rewrite_functions
 from .qdq_to_int8 import output_quantization
@@ -45,8 +45,7 @@ def _quantized_softmax(quantize: relax.Call, bindings):
     if int(softmax.attrs.axis) % rank != rank - 1 or int(shape.values[-1]) % LANES:
         return None
     scale, _ = params
-    exp_table = np.exp(-np.float32(scale) * np.arange(256, dtype=np.float32)).astype(np.float32)
-    return source, exp_table, output
+    return source, exp_tables(scale), output
 
 
 @mutator

@@ -69,3 +69,14 @@ def test_targets_without_avx512_keep_the_float_softmax(compile_onnx):
     compiled, result = compile_onnx(model, "haswell", target="llvm -mcpu=haswell")
     assert _byte_kernels(result) == 0
     _compare(compiled, model)
+
+
+@pytest.mark.parametrize("scale", [0.003, 0.061, 0.35])
+def test_split_exp_tables_give_every_byte_difference_within_two_ulps(scale):
+    from sparsec.schedules.u8_softmax import TABLE_LANES, exp_tables
+
+    tables = exp_tables(scale)
+    differences = np.arange(256)
+    products = tables[differences >> 4] * tables[TABLE_LANES + (differences & 15)]
+    exact = np.exp(-np.float64(scale) * differences)
+    assert np.all(np.abs(products - exact) <= 2 * np.spacing(exact.astype(np.float32)))
