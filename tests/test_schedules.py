@@ -114,7 +114,9 @@ def _reference_conv(x, w, stride, padding, groups):
 
 
 # rows a multiple of the vector width take vector partial sums; odd widths fall back to DLight's rule
-@pytest.mark.parametrize(("shape", "rule"), [((4, 33), "Reduction"), ((6, 256), "RowReduction"), ((2, 3, 768), "RowReduction")])
+@pytest.mark.parametrize(
+    ("shape", "rule"), [((4, 33), "Reduction"), ((6, 256), "RowReduction"), ((2, 3, 768), "RowReduction"), ((3, 96), "RowReduction"), ((5, 48), "RowReduction")]
+)
 def test_softmax_and_layer_norm_rules(shape, rule):
     x, gamma, beta = _rand(*shape), _rand(shape[-1]), _rand(shape[-1])
     mod = _build({"x": x, "gamma": gamma, "beta": beta}, lambda x, gamma, beta: relax.op.nn.softmax(relax.op.nn.layer_norm(x, gamma, beta, axes=[-1])))
@@ -123,6 +125,21 @@ def test_softmax_and_layer_norm_rules(shape, rule):
     expected = np.exp(normed - normed.max(-1, keepdims=True))
     np.testing.assert_allclose(out, expected / expected.sum(-1, keepdims=True), rtol=1e-4, atol=1e-5)
     assert set(rules.values()) == {rule}
+
+
+def test_long_rows_keep_four_vectors_of_partial_sums():
+    """A 768-wide layer norm sums into 4 x 16 partial sums (4 independent vector adds per step),
+    then 16, then one."""
+    x, gamma, beta = _rand(2, 768), _rand(768), _rand(768)
+    mod = _build({"x": x, "gamma": gamma, "beta": beta}, lambda x, gamma, beta: relax.op.nn.layer_norm(x, gamma, beta, axes=[-1]))
+    with TARGET:
+        scheduled = optimization_pipeline(TARGET)(mod)
+    (kernel,) = [f for _, f in scheduled.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    partial_sums = re.findall(r"_rf(?:_1)? = T\.sblock_alloc_buffer\(\(T\.int64\(2\), T\.int64\((\d+)\)\)", kernel.script())
+    assert sorted(partial_sums) == ["16", "16", "64", "64"]  # mean and variance
+    out, _ = _compile_and_run(mod, [x])
+    expected = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * gamma + beta
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_injective_kernel_with_a_shared_bool_intermediate():
