@@ -65,9 +65,9 @@ def tagged_task(func: tirx.PrimFunc) -> tuple[str, str, dict] | None:
 
 
 def families() -> dict[str, TunableFamily]:
-    from . import f32_bsr_matmul, u8s8_bsr_matmul, u8s8_matmul
+    from . import f32_bsr_matmul, u8s8_batch_matmul, u8s8_bsr_matmul, u8s8_matmul
 
-    found = [*f32_bsr_matmul.TUNABLE, *u8s8_matmul.TUNABLE, *u8s8_bsr_matmul.TUNABLE]
+    found = [*f32_bsr_matmul.TUNABLE, *u8s8_matmul.TUNABLE, *u8s8_bsr_matmul.TUNABLE, *u8s8_batch_matmul.TUNABLE]
     return {family.name: family for family in found}
 
 

@@ -5,6 +5,8 @@ float path kept where the target has no VNNI or the shapes do not fit."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import tvm
@@ -44,6 +46,28 @@ def test_batch_kernel_matches_integer_arithmetic(a_dtype, b_dtype, requantize):
         low, high = requantize.limits
         expected = np.clip(np.round(exact / requantize.scale) + requantize.zero_point, low, high)
         assert np.abs(buffers[2].numpy().astype(np.int32) - expected).max() <= 1  # float rounding at ties
+
+
+def test_every_tile_of_the_tuning_space_matches_integer_arithmetic():
+    from sparsec.schedules.tunable import families, tagged_task
+
+    shape = Int8BatchMatmulShape(batch=2, m=8, k=32, n=128)
+    a, b, requantize = _operand("uint8", 0.02), _operand("int8", 0.03), Requantize(40.0, 3, "uint8")
+    lhs = RNG.integers(0, 256, (shape.batch, shape.m, shape.k)).astype(np.uint8)
+    rhs_t = RNG.integers(-128, 128, (shape.batch, shape.n, shape.k)).astype(np.int8)
+    family, workload, default_knobs = tagged_task(u8s8_batch_matmul_kernel(shape, a, b, requantize))
+    space = families()[family].space(json.loads(workload))
+    assert default_knobs in space and {"rows": 2, "blocks": 8} in space and len(space) > 8
+    outputs = []
+    for knobs in space:
+        out = tvm.runtime.tensor(np.zeros((shape.batch, shape.m, shape.n), np.uint8))
+        _build(families()[family].build(json.loads(workload), knobs))["main"](tvm.runtime.tensor(lhs), tvm.runtime.tensor(rhs_t), out)
+        outputs.append(out.numpy())
+    exact = ((lhs.astype(np.int64) - a.zero_point) @ (rhs_t.astype(np.int64) - b.zero_point).transpose(0, 2, 1)) * np.float64(np.float32(a.scale * b.scale))
+    expected = np.clip(np.round(exact / requantize.scale) + requantize.zero_point, 0, 255)
+    for knobs, out in zip(space, outputs):
+        assert np.abs(out.astype(np.int32) - expected).max() <= 1, knobs
+        np.testing.assert_array_equal(out, outputs[0])  # the tile changes the loop order, not the sums
 
 
 def _attention_product(a_dtype: str, b_dtype: str, shapes=((1, 2, 16, 32), (1, 2, 32, 16)), quantized_output=True):

@@ -119,6 +119,27 @@ def test_a_log_from_one_model_serves_another_with_the_same_layer_shapes(tmp_path
     assert result.tuned and all(rule.startswith("Tuned") for name, rule in result.schedules.items() if name in result.tuned)
 
 
+def test_attention_int8_matmuls_are_tuned_and_their_records_applied(tmp_path):
+    """QK^T and PV of a quantized encoder (the integer batched kernel) are tasks of their own, one
+    per shape for all layers and heads; compile applies their records, outputs unchanged."""
+    from onnx_zoo import onnxruntime_quantized_encoder
+
+    config = models.EncoderConfig(layers=2, hidden=64, heads=2, ffn=128, vocab=50, max_positions=32)
+    model, log = tmp_path / "qdq.onnx", tmp_path / "log.json"
+    onnx.save(onnxruntime_quantized_encoder(tmp_path, config), str(model))
+    done = run_cli("tune", str(model), "--log", str(log), "--trials", "24", "--target", TARGET, "--no-metaschedule")
+    assert done.returncode == 0, done.stderr
+    attention = {r.task for r in _records(log) if r.task.family == "u8s8_batch_matmul"}
+    assert len(attention) == 2  # QK^T and PV
+
+    tuned = sparsec.compile(model, tmp_path / "tuned.so", target=TARGET, tuning_log=log)
+    plain = sparsec.compile(model, tmp_path / "plain.so", target=TARGET)
+    assert sum("batch_matmul" in name for name in tuned.tuned) == sum(rule == "U8S8BatchMatmulVNNI" for rule in plain.schedules.values()) == 2 * config.layers
+    a, b = sparsec.load(tuned.output), sparsec.load(plain.output)
+    feeds = random_feeds(a, vocab=config.vocab)
+    np.testing.assert_array_equal(a.run(None, feeds)[0], b.run(None, feeds)[0])
+
+
 def test_layers_that_differ_only_in_constants_share_a_task(pruned_models, tmp_path):
     """Two QDQ models of the same shapes, pruned and calibrated from other seeds: their int8 BSR
     kernels have other requantize scales and stored-block counts but the same tuning keys, and a
