@@ -4,9 +4,11 @@ Pattern (QDQ MatMul without a constant operand):
     matmul(dequantize(a, sa, za), dequantize(b, sb, zb))  [quantize(., so, zo)]
 with a, b uint8/int8 activations of equal batch dimensions and per-tensor scales. The product
 becomes one u8 x s8 -> int32 kernel per call with the requantize (or dequantize) epilogue
-(schedules/u8s8_batch_matmul.py); b is handed over transposed, [batch, N, K], a permute_dims
-that fuses into the element-wise kernel producing b. Matmuls with a constant weight are
-QDQToInt8's. VNNI targets only: elsewhere the float matmul stays.
+(schedules/u8s8_batch_matmul.py). b is handed over as it is, [batch, K, N], unless the graph
+made it by swapping the two last axes of a tensor (K^T in QK^T): then it goes transposed back,
+[batch, N, K], and the two transposes cancel in the copy that produces it (a copy along the
+innermost axis instead of a transpose). Matmuls with a constant weight are QDQToInt8's. VNNI
+targets only: elsewhere the float matmul stays.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from tvm.relax.expr_functor import mutator
 from sparsec.schedules.u8s8_batch_matmul import Int8BatchMatmulShape, QuantizedOperand, supports_int8_batch_matmul, u8s8_batch_matmul_kernel
 from sparsec.schedules.u8s8_matmul import Requantize, output_dtype
 
-from .dataflow import BindingRewriter, Dataflow, constant_array, is_op, rewrite_functions
+from .dataflow import BindingRewriter, Dataflow, bound_value, constant_array, is_op, rewrite_functions
 from .qdq_to_int8 import output_quantization, quantized_activations
 
 
@@ -34,6 +36,7 @@ class _BatchMatmul:
     shape: Int8BatchMatmulShape
     requantize: Requantize | None
     out_shape: tuple[int, ...]
+    rhs_layout: str  # "kn" (as it is) or "nk" (transposed back)
 
 
 @tvm.transform.module_pass(opt_level=0, name="sparsec.QDQBatchMatmulToInt8")
@@ -59,8 +62,18 @@ def _find_matmuls(graph: Dataflow) -> dict[relax.Var, _BatchMatmul]:
             requantize = output_quantization(graph.bindings[quantize], graph.bindings)
             end = quantize if requantize is not None else end
         out_shape = tuple(int(d) for d in value.ty.shape.values)
-        found[end] = _BatchMatmul(lhs, rhs, lhs_quantization, rhs_quantization, shape, requantize, out_shape)
+        found[end] = _BatchMatmul(lhs, rhs, lhs_quantization, rhs_quantization, shape, requantize, out_shape, _rhs_layout(rhs, graph.bindings))
     return found
+
+
+def _rhs_layout(rhs: relax.Expr, bindings) -> str:
+    """"nk" when rhs is a permute_dims that moved its input's innermost axis to the second last."""
+    value = bound_value(rhs, bindings)
+    if not is_op(value, "relax.permute_dims") or value.attrs.axes is None:
+        return "kn"
+    axes = [int(axis) for axis in value.attrs.axes]
+    innermost = len(axes) - 1
+    return "nk" if axes[-2] == innermost and axes[-1] != innermost else "kn"
 
 
 def _activation_operand(expr: relax.Expr, bindings) -> tuple[relax.Expr, QuantizedOperand] | None:
@@ -103,14 +116,17 @@ class _Rewriter(BindingRewriter):
             return None
         shape = matmul.shape
         lhs = self.builder_.emit(relax.op.reshape(self.visit_expr(matmul.lhs), (shape.batch, shape.m, shape.k)))
-        rank = len(matmul.out_shape)
-        rhs_t = relax.op.permute_dims(self.visit_expr(matmul.rhs), [*range(rank - 2), rank - 1, rank - 2])
-        rhs_t = self.builder_.emit(relax.op.reshape(rhs_t, (shape.batch, shape.n, shape.k)))
-        func = u8s8_batch_matmul_kernel(shape, matmul.lhs_quantization, matmul.rhs_quantization, matmul.requantize)
+        rhs = self.visit_expr(matmul.rhs)
+        if matmul.rhs_layout == "nk":
+            rank = len(matmul.out_shape)
+            rhs = self.builder_.emit(relax.op.reshape(relax.op.permute_dims(rhs, [*range(rank - 2), rank - 1, rank - 2]), (shape.batch, shape.n, shape.k)))
+        else:
+            rhs = self.builder_.emit(relax.op.reshape(rhs, (shape.batch, shape.k, shape.n)))
+        func = u8s8_batch_matmul_kernel(shape, matmul.lhs_quantization, matmul.rhs_quantization, matmul.requantize, rhs_layout=matmul.rhs_layout)
         suffix = "_requantize" if matmul.requantize is not None else ""
         kernel = self.builder_.add_func(func, f"u8s8_batch_matmul_vnni{suffix}")
         dtype = output_dtype(matmul.requantize, None)
         product = self.builder_.emit(
-            relax.call_tir(kernel, relax.Tuple([lhs, rhs_t]), relax.TensorType((shape.batch, shape.m, shape.n), dtype))
+            relax.call_tir(kernel, relax.Tuple([lhs, rhs]), relax.TensorType((shape.batch, shape.m, shape.n), dtype))
         )
         return relax.op.reshape(product, matmul.out_shape)

@@ -7,11 +7,13 @@ zero point + 128) and b as int8 (uint8 flipped by -128: x ^ 0x80, zero point - 1
 sum_k (a - za)(b - zb) = sum_k a b - zb rowsum_a[m] - za colsum_b[n] + K za zb, and the kernel
 adds the two correction terms in its epilogue.
 
-b arrives transposed, [batch, N, K], so the 4 bytes of a k group of one column are one 32-bit
-word. Per batch (one parallel task per head), b is packed once into [N/16, K/4, 16] words (one
-64-byte vector per block of 16 columns and k group, ~1/M of the work), its column sums come from
-vpdpbusd against ones and a's row sums from widening adds; then MR x NR register tiles run the
-dense kernel's loop: one broadcast a word feeds NR vpdpbusd. The tile is a tuning knob: the
+Per batch (one parallel task per head), b is packed once into [N/16, K/4, 16] words (one 64-byte
+vector per block of 16 columns and k group: the 4 bytes of a k group of one column in one 32-bit
+word; ~1/M of the work), its column sums come from vpdpbusd against ones and a's row sums from
+widening adds; then MR x NR register tiles run the dense kernel's loop: one broadcast a word
+feeds NR vpdpbusd. b arrives as [batch, N, K] ("nk": each word already whole, gathered 16 at a
+time) or as it is, [batch, K, N] ("kn": four rows of 16 bytes interleaved by one byte shuffle),
+whichever saves its producer a transpose (attention's PV: V's head split, 8.1 -> 1.7 us). The tile is a tuning knob: the
 main loop runs at the vpdpbusd rate with any tile of 8 or more accumulators, and which one spends
 least around it (packing, sums, epilogue) depends on the shapes (BERT's heads: 4 x 4 by default,
 1 x 4 and 2 x 4 blocks 5-7% faster on QK^T and PV here).
@@ -66,10 +68,16 @@ def _default_knobs(shape: Int8BatchMatmulShape) -> dict:
 
 
 def u8s8_batch_matmul_kernel(
-    shape: Int8BatchMatmulShape, a: QuantizedOperand, b: QuantizedOperand, requantize: Requantize | None, knobs: dict | None = None
+    shape: Int8BatchMatmulShape,
+    a: QuantizedOperand,
+    b: QuantizedOperand,
+    requantize: Requantize | None,
+    knobs: dict | None = None,
+    rhs_layout: str = "nk",
 ) -> tirx.PrimFunc:
-    """a [batch, M, K], b transposed [batch, N, K] -> out [batch, M, N]: requantize's dtype, or
-    float32 when None. Knobs: {"rows": MR, "blocks": NR} (the register tile)."""
+    """a [batch, M, K], b [batch, N, K] ("nk") or [batch, K, N] ("kn") -> out [batch, M, N]:
+    requantize's dtype, or float32 when None. Knobs: {"rows": MR, "blocks": NR} (the register
+    tile)."""
     batch, M, K, N = shape.batch, shape.m, shape.k, shape.n
     KG, NB = K // GROUP, N // LANES
     knobs = knobs or _default_knobs(shape)
@@ -87,15 +95,22 @@ def u8s8_batch_matmul_kernel(
     def words_as_bytes(words):
         return T.reinterpret(words, dtype="int8x64")
 
+    def interleaved_rows(rhs, h, kg, nb):  # [4 k, 16 columns] bytes -> 16 words of 4 k bytes
+        rows = [rhs.vload([h, kg * GROUP + q, nb * LANES], f"{b.dtype}x{LANES}") for q in range(GROUP)]
+        return tirx.Shuffle(rows, [(j % GROUP) * LANES + j // GROUP for j in range(GROUP * LANES)])
+
+    rhs_shape = (batch, N, K) if rhs_layout == "nk" else (batch, K, N)
+    flip_byte = T.broadcast(tirx.const(0x80 if b.dtype == "uint8" else 0, b.dtype), GROUP * LANES)
+
     @T.prim_func(private=True, s_tir=True)
     def kernel(
         lhs: T.Buffer((batch, M, K), a.dtype),
-        rhs_t: T.Buffer((batch, N, K), b.dtype),
+        rhs: T.Buffer(rhs_shape, b.dtype),
         out: T.Buffer((batch, M, N), out_dtype),
     ):
         T.func_attr({"tirx.noalias": True})
         lhs_words = T.decl_buffer((batch, M, KG), "uint32", data=lhs.data)
-        rhs_words = T.decl_buffer((batch, N, KG), "uint32", data=rhs_t.data)
+        rhs_words = T.decl_buffer((batch, N, KG), "uint32", data=rhs.data)  # "nk"
         for h in T.parallel(batch):
             with T.sblock("int8_batch"):
                 T.reads()
@@ -105,10 +120,14 @@ def u8s8_batch_matmul_kernel(
                 column_terms = T.sblock_alloc_buffer((N,), "int32")  # -za colsum_b
                 partial = T.sblock_alloc_buffer((ROW_SUM_LANES,), "int32")
                 acc = T.sblock_alloc_buffer((MR, NR * LANES), "int32")
+                packed_bytes = T.decl_buffer((NB, KG, GROUP * LANES), b.dtype, data=packed.data)
                 for nb in T.serial(NB):
                     for kg in T.serial(KG):
-                        for lane in T.vectorized(LANES):
-                            packed[nb, kg, lane] = rhs_words[h, nb * LANES + lane, kg] ^ T.uint32(flip_b)
+                        if rhs_layout == "nk":
+                            for lane in T.vectorized(LANES):
+                                packed[nb, kg, lane] = rhs_words[h, nb * LANES + lane, kg] ^ T.uint32(flip_b)
+                        else:
+                            packed_bytes[nb, kg, T.ramp(0, 1, GROUP * LANES)] = interleaved_rows(rhs, h, kg, nb) ^ flip_byte
                     for lane in T.vectorized(LANES):
                         acc[0, lane] = 0
                     for kg in T.serial(KG):
@@ -146,19 +165,22 @@ def u8s8_batch_matmul_kernel(
                                 )
 
     workload = {"shape": asdict(shape), "a": asdict(a), "b": asdict(b), "requantize": asdict(requantize) if requantize else None}
+    if rhs_layout != "nk":  # only then, so the keys of the logs written before "kn" stay valid
+        workload["rhs_layout"] = rhs_layout
     return tag(mark_scheduled(kernel, "U8S8BatchMatmulVNNI"), "u8s8_batch_matmul", workload, knobs)
 
 
 def _build(workload: dict, knobs: dict | None) -> tirx.PrimFunc:
     requantize = Requantize(**workload["requantize"]) if workload["requantize"] else None
     operands = (QuantizedOperand(**workload[name]) for name in ("a", "b"))
-    return u8s8_batch_matmul_kernel(Int8BatchMatmulShape(**workload["shape"]), *operands, requantize, knobs)
+    return u8s8_batch_matmul_kernel(Int8BatchMatmulShape(**workload["shape"]), *operands, requantize, knobs, workload.get("rhs_layout", "nk"))
 
 
 def _tuning_key(workload: dict) -> dict:
     """Shapes and dtypes: not the scales and zero points, which differ from head to head."""
     requantize = workload["requantize"]
-    return {"shape": workload["shape"], "a": workload["a"]["dtype"], "b": workload["b"]["dtype"], "requantize": requantize and requantize["dtype"]}
+    key = {"shape": workload["shape"], "a": workload["a"]["dtype"], "b": workload["b"]["dtype"], "requantize": requantize and requantize["dtype"]}
+    return key | ({"rhs_layout": workload["rhs_layout"]} if "rhs_layout" in workload else {})
 
 
 def _space(workload: dict) -> list[dict]:

@@ -31,14 +31,16 @@ def _operand(dtype: str, scale: float) -> QuantizedOperand:
 
 @pytest.mark.parametrize(("a_dtype", "b_dtype"), [("uint8", "uint8"), ("int8", "int8"), ("uint8", "int8"), ("int8", "uint8")])
 @pytest.mark.parametrize("requantize", [None, Requantize(40.0, 3, "uint8"), Requantize(40.0, -3, "int8")])
-def test_batch_kernel_matches_integer_arithmetic(a_dtype, b_dtype, requantize):
+@pytest.mark.parametrize("rhs_layout", ["nk", "kn"])
+def test_batch_kernel_matches_integer_arithmetic(a_dtype, b_dtype, requantize, rhs_layout):
     shape = Int8BatchMatmulShape(batch=3, m=6, k=32, n=48)
     a, b = _operand(a_dtype, 0.02), _operand(b_dtype, 0.03)
     lhs = RNG.integers(np.iinfo(a_dtype).min, np.iinfo(a_dtype).max + 1, (shape.batch, shape.m, shape.k)).astype(a_dtype)
     rhs = RNG.integers(np.iinfo(b_dtype).min, np.iinfo(b_dtype).max + 1, (shape.batch, shape.k, shape.n)).astype(b_dtype)
     out = np.zeros((shape.batch, shape.m, shape.n), requantize.dtype if requantize else np.float32)
-    buffers = [tvm.runtime.tensor(x) for x in (lhs, np.ascontiguousarray(rhs.transpose(0, 2, 1)), out)]
-    _build(u8s8_batch_matmul_kernel(shape, a, b, requantize))["main"](*buffers)
+    rhs_operand = np.ascontiguousarray(rhs.transpose(0, 2, 1)) if rhs_layout == "nk" else rhs
+    buffers = [tvm.runtime.tensor(x) for x in (lhs, rhs_operand, out)]
+    _build(u8s8_batch_matmul_kernel(shape, a, b, requantize, rhs_layout=rhs_layout))["main"](*buffers)
     exact = ((lhs.astype(np.int64) - a.zero_point) @ (rhs.astype(np.int64) - b.zero_point)) * np.float64(np.float32(a.scale * b.scale))
     if requantize is None:
         np.testing.assert_allclose(buffers[2].numpy(), exact, rtol=1e-6, atol=1e-6 * np.abs(exact).max())
@@ -140,3 +142,26 @@ def test_encoder_quantized_by_onnxruntime_runs_its_attention_on_integers(compile
     feeds = random_feeds(compiled, vocab=config.vocab)
     reference = reference_outputs(model, feeds)[0]
     assert np.abs(compiled.run(None, feeds)[0] - reference).max() <= 1e-3 * np.abs(reference).max()
+
+
+def test_attention_operands_are_read_in_the_layout_their_producers_write(tmp_path):
+    """K^T (the graph swapped K's last two axes) goes back to [N, K] and the two transposes cancel;
+    V goes as it is, [K, N], so nothing transposes it."""
+    import onnx
+
+    from sparsec.driver import optimized_module
+    from sparsec.passes.dataflow import call_tir_sites
+    from sparsec.schedules.tunable import tagged_task
+    from sparsec.target import parse_target
+
+    config = models.EncoderConfig(layers=2, hidden=64, heads=2, ffn=128, vocab=50, max_positions=32)
+    path = tmp_path / "qdq.onnx"
+    onnx.save(onnxruntime_quantized_encoder(tmp_path, config), str(path))
+    _, mod, _, _ = optimized_module(path, parse_target("native"), None, lambda _line: None, schedule=False)
+    layouts = {}
+    for call in call_tir_sites(mod):
+        tagged = tagged_task(mod[call.args[0]])
+        if tagged is not None and tagged[0] == "u8s8_batch_matmul":
+            m, n = json.loads(tagged[1])["shape"]["m"], json.loads(tagged[1])["shape"]["n"]
+            layouts.setdefault("QK^T" if n == m else "PV", set()).add(json.loads(tagged[1]).get("rhs_layout", "nk"))
+    assert layouts == {"QK^T": {"nk"}, "PV": {"kn"}}
