@@ -4,9 +4,9 @@ Pattern (attention's QDQ softmax):
     quantize(softmax(dequantize(q, s, z), axis=-1), so, zo)
 with per-tensor parameters, static shapes and rows of a multiple of 16. The exponentials of
 the byte differences (qmax - q) come from tables built at compile time
-(schedules/u8_softmax.py); the float input and output rows never exist. Outputs match the QDQ graph within one output step
-(the order of the sum's float adds differs). AVX-512 targets only (the kernel reads its tables
-with 512-bit vpermps); elsewhere the float softmax stays.
+(schedules/u8_softmax.py); the float input and output rows never exist. Outputs match the QDQ
+graph within one output step (the order of the sum's float adds differs). AVX-512 targets only
+(the kernel reads its tables with 512-bit vpermps); elsewhere the float softmax stays.
 """
 
 from __future__ import annotations

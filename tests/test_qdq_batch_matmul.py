@@ -162,6 +162,7 @@ def test_attention_operands_are_read_in_the_layout_their_producers_write(tmp_pat
     for call in call_tir_sites(mod):
         tagged = tagged_task(mod[call.args[0]])
         if tagged is not None and tagged[0] == "u8s8_batch_matmul":
-            m, n = json.loads(tagged[1])["shape"]["m"], json.loads(tagged[1])["shape"]["n"]
-            layouts.setdefault("QK^T" if n == m else "PV", set()).add(json.loads(tagged[1]).get("rhs_layout", "nk"))
+            workload = json.loads(tagged[1])
+            product = "QK^T" if workload["shape"]["n"] == workload["shape"]["m"] else "PV"  # seq 16, head 32
+            layouts.setdefault(product, set()).add(workload.get("rhs_layout", "nk"))
     assert layouts == {"QK^T": {"nk"}, "PV": {"kn"}}
