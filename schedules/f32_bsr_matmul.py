@@ -24,7 +24,7 @@ from tvm.script import tirx as T
 from .apply import mark_scheduled
 from .common import MAX_REGISTER_TILE_BYTES, without_param
 from .epilogues import activation
-from .tunable import TunableFamily, density_percent, divisors_among, tag
+from .tunable import TunableFamily, bsr_shape_key, divisors_among, tag
 
 ROW_TILE_CANDIDATES = (8, 4, 2, 1)
 COLUMN_TILE_CANDIDATES = (64, 32, 16, 8, 4, 2, 1)
@@ -142,8 +142,7 @@ def _from_workload(workload: dict) -> tuple[BSRShape, BSREpilogue]:
 def _tuning_key(workload: dict) -> dict:
     shape = BSRShape(**workload["shape"])
     blocks = (shape.n // shape.block_rows) * (shape.k // shape.block_cols)
-    layout = {name: value for name, value in workload["shape"].items() if name != "stored_blocks"}
-    return {"shape": layout, "density": density_percent(shape.stored_blocks, blocks), "epilogue": workload["epilogue"]}
+    return {**bsr_shape_key(workload["shape"], blocks), "epilogue": workload["epilogue"]}
 
 
 TUNABLE = [

@@ -39,8 +39,11 @@ class TunableFamily:
     key: Callable[[dict], dict] = whole_workload  # workload -> tuning key
 
 
-def density_percent(stored_blocks: int, block_count: int) -> int:
-    return round(100 * stored_blocks / block_count)
+def bsr_shape_key(shape: dict, block_count: int) -> dict:
+    """A BSR kernel's shape in its tuning key: the layout without the exact count of stored
+    blocks, and the density they make, to the percent."""
+    layout = {name: value for name, value in shape.items() if name != "stored_blocks"}
+    return {"shape": layout, "density": round(100 * shape["stored_blocks"] / block_count)}
 
 
 def tuning_key(family: str, workload: dict) -> dict:

@@ -31,7 +31,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from .apply import mark_scheduled
-from .tunable import TunableFamily, density_percent, divisors_among, tag
+from .tunable import TunableFamily, bsr_shape_key, divisors_among, tag
 from .u8_regroup import regrouped_shape, regrouped_tile_rows
 from .u8s8_matmul import GROUP, LANES, MAX_ACCUMULATORS, OutputEpilogue, PostBias, Requantize, epilogue_from_workload, epilogue_kind, epilogue_workload, output_dtype, vpdpbusd
 
@@ -199,8 +199,7 @@ def _build(workload: dict, knobs: dict | None) -> tirx.PrimFunc:
 def _tuning_key(workload: dict) -> dict:
     shape = Int8BSRShape(**workload["shape"])
     blocks = (shape.n // shape.block_rows) * (shape.k // GROUP)
-    layout = {name: value for name, value in workload["shape"].items() if name != "stored_blocks"}
-    return {"shape": layout, "density": density_percent(shape.stored_blocks, blocks), "epilogue": epilogue_kind(workload)}
+    return {**bsr_shape_key(workload["shape"], blocks), "epilogue": epilogue_kind(workload)}
 
 
 TUNABLE = [TunableFamily("u8s8_bsr", lambda w: _space(Int8BSRShape(**w["shape"])), _build, _tuning_key)]
