@@ -67,7 +67,8 @@ def _find_matmuls(graph: Dataflow) -> dict[relax.Var, _BatchMatmul]:
 
 
 def _rhs_layout(rhs: relax.Expr, bindings) -> str:
-    """"nk" when rhs is a permute_dims that moved its input's innermost axis to the second last."""
+    """The kernel's layout for rhs: "nk" when rhs is a permute_dims that moved its input's
+    innermost axis to the second last (transposing it back cancels that), "kn" otherwise."""
     value = bound_value(rhs, bindings)
     if not is_op(value, "relax.permute_dims") or value.attrs.axes is None:
         return "kn"

@@ -20,7 +20,7 @@ class Injective(ScheduleRule):
         sch = s_tir.Schedule(func)
         _inline_intermediates(sch)
         for block in sch.get_child_blocks(sch.get_sblock("root")):
-            schedule_injective_block(sch, block, vector_lanes(target), vector_lanes(target, widest_element_bits(sch.get(block))))
+            schedule_injective_block(sch, block, vector_lanes(target))
         return sch
 
 
@@ -43,9 +43,9 @@ def _inline_intermediates(sch: s_tir.Schedule) -> None:
             pass  # a reduction or a multi-consumer producer stays a block of its own
 
 
-def schedule_injective_block(sch: s_tir.Schedule, block, lanes: int, elementwise_lanes: int | None = None) -> None:
-    """`lanes`: the side of a transpose's square tiles; `elementwise_lanes` (default `lanes`):
-    the vector width of an element-wise copy."""
+def schedule_injective_block(sch: s_tir.Schedule, block, lanes: int) -> None:
+    """`lanes`: 32-bit lanes of a vector, the side of a transpose's square tiles; an element-wise
+    block's vectors hold as many of its widest element type as fit."""
     loops = sch.get_loops(block)
     kinds = block_iter_kinds(sch, block)
     if not loops or len(loops) != len(kinds):
@@ -53,7 +53,8 @@ def schedule_injective_block(sch: s_tir.Schedule, block, lanes: int, elementwise
     n_leading_spatial = len(kinds) - len(kinds.lstrip("S"))
     if n_leading_spatial == len(kinds) and _tile_transpose(sch, block, lanes):
         return
-    if n_leading_spatial == len(kinds) and vectorize_innermost(sch, block, elementwise_lanes or lanes):
+    elementwise_lanes = lanes * 32 // widest_element_bits(sch.get(block))
+    if n_leading_spatial == len(kinds) and vectorize_innermost(sch, block, elementwise_lanes):
         outer = sch.get_loops(block)[:-1]
     else:
         outer = loops[:n_leading_spatial]
